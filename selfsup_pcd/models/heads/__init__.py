@@ -1,0 +1,3 @@
+from selfsup_pcd.models.heads.classifier import ClassifierHead
+
+__all__ = ["ClassifierHead"]

@@ -1,0 +1,83 @@
+"""Training entry point: ``python -m selfsup_pcd.train [overrides]`` (console script ``selfsup-train``).
+
+Composes ``conf/train.yaml``; builds the datamodule, backbone and task from ``_target_`` entries; trains,
+tests the last-epoch weights, exports the backbone to ``<run dir>/backbone.pt`` and writes
+``<run dir>/metrics.json``. Re-running in a run directory that holds ``checkpoints/last.ckpt`` resumes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, open_dict
+
+import selfsup_pcd  # noqa: F401  (sets allocator environment before torch loads)
+from selfsup_pcd.utils.hydra import CONFIG_DIR
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Runs one training job described by ``cfg`` and returns its final metrics."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+    from pytorch_lightning.loggers import WandbLogger
+
+    from selfsup_pcd.checkpoints import save_backbone
+    from selfsup_pcd.utils.callbacks import WandbRunIdCheckpoint
+    from selfsup_pcd.utils.hydra import instantiate_group
+    from selfsup_pcd.utils.run import (
+        checkpoint_entry,
+        config_as_dict,
+        print_metrics_table,
+        resolve_resume_checkpoint,
+        write_metrics,
+    )
+
+    pl.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    resume = resolve_resume_checkpoint(cfg.get("ckpt_path"), output_dir, cfg.get("auto_resume", True))
+    if resume and cfg.get("logger") and "wandb" in cfg.logger:
+        run_id = checkpoint_entry(resume, WandbRunIdCheckpoint.KEY)
+        if run_id:
+            with open_dict(cfg):
+                cfg.logger.wandb.id = run_id
+                cfg.logger.wandb.resume = "allow"
+
+    datamodule = instantiate(cfg.data)
+    backbone = instantiate(cfg.model.backbone)
+    module = instantiate(cfg.task, backbone=backbone, num_classes=datamodule.num_classes)
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(config_as_dict(cfg))
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    metrics = {k: v for k, v in trainer.callback_metrics.items()}
+    if cfg.get("test_after_fit", True):
+        trainer.test(module, datamodule=datamodule, verbose=False)
+        metrics.update(trainer.callback_metrics)
+
+    if trainer.is_global_zero:
+        if cfg.get("export_backbone", True):
+            save_backbone(output_dir / "backbone.pt", module.backbone,
+                          meta={"config": config_as_dict(cfg.model), "epochs": trainer.current_epoch})
+        path = write_metrics(output_dir, metrics)
+        print_metrics_table({k: float(v) for k, v in metrics.items()}, title=f"metrics ({path})")
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish()
+    return {k: float(v) for k, v in metrics.items()}
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    optimized = cfg.get("optimized_metric")
+    return metrics.get(optimized) if optimized else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Callbacks that make a resumed run continue exactly where the interrupted one stopped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from pytorch_lightning.loggers import WandbLogger
+
+
+class RNGStateCheckpoint(pl.Callback):
+    """Stores the torch / numpy / python RNG states in checkpoints and restores them on resume.
+
+    Lightning restores weights, optimizers, schedulers and loops but not the global RNGs, so dropout
+    masks after a resume would differ from an uninterrupted run without this.
+    """
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        checkpoint["rng_states"] = _collect_rng_states(include_cuda=torch.cuda.is_available())
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        if "rng_states" in checkpoint:
+            _set_rng_states(checkpoint["rng_states"])
+
+
+class WandbRunIdCheckpoint(pl.Callback):
+    """Stores the wandb run id in checkpoints, so that a resumed run logs into the same wandb run."""
+
+    KEY = "wandb_run_id"
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                checkpoint[self.KEY] = logger.version
+
+
+def wandb_run_id_of(checkpoint: dict[str, Any]) -> str | None:
+    return checkpoint.get(WandbRunIdCheckpoint.KEY)
