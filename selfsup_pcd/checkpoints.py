@@ -24,8 +24,6 @@ log = logging.getLogger(__name__)
 
 BACKBONE_FORMAT = "selfsup_pcd/backbone"
 BACKBONE_FORMAT_VERSION = 1
-# Prefixes under which a backbone's tensors are found in known checkpoint layouts, tried in this order.
-KNOWN_PREFIXES = ("", "backbone.", "online_network.backbone.", "online_network.", "module.", "encoder.", "model.")
 
 
 class CheckpointError(RuntimeError):
@@ -120,7 +118,8 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
         meta = {"kind": "plain"}
         state = obj
     else:
-        raise CheckpointError(f"{path}: no state dict found (keys: {list(obj)[:8] if isinstance(obj, Mapping) else type(obj)})")
+        found = list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointError(f"{path}: no state dict found (found {found})")
     return {k: v for k, v in state.items() if isinstance(v, Tensor)}, meta
 
 
@@ -129,9 +128,18 @@ def _strip(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
 
 
 def best_prefix(state: Mapping[str, Tensor], target_keys: set[str]) -> str:
-    """The known prefix whose stripping matches the most target keys."""
-    candidates = list(KNOWN_PREFIXES) + sorted({k.split(".")[0] + "." for k in state})
-    return max(candidates, key=lambda p: (len(target_keys & set(_strip(state, p))), -len(p)))
+    """The prefix whose stripping makes the most checkpoint keys name a target tensor.
+
+    Candidates are read off the keys themselves (``a.b.conv1.weight`` ending in target ``conv1.weight``
+    gives ``a.b.``); ties go to the shorter prefix.
+    """
+    counts: dict[str, int] = {"": 0}
+    for key in state:
+        for target in target_keys:
+            if key.endswith(target) and (len(key) == len(target) or key[-len(target) - 1] == "."):
+                prefix = key[: len(key) - len(target)]
+                counts[prefix] = counts.get(prefix, 0) + 1
+    return max(counts, key=lambda p: (counts[p], -len(p)))
 
 
 def transfer_state(

@@ -59,7 +59,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             logger.log_metrics(metrics)
 
     path = write_metrics(output_dir, metrics)
-    print_metrics_table(metrics, title=f"{cfg.task_name}: {cfg.get('ckpt_path') or 'random init'} ({path})")
+    print_metrics_table(metrics, title=f"{cfg.get('ckpt_path') or 'random init'}")
+    print(f"metrics written to {path}")
     for logger in loggers:
         if isinstance(logger, WandbLogger) and logger._experiment is not None:
             logger.experiment.finish()

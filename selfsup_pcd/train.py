@@ -65,7 +65,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             save_backbone(output_dir / "backbone.pt", module.backbone,
                           meta={"config": config_as_dict(cfg.model), "epochs": trainer.current_epoch})
         path = write_metrics(output_dir, metrics)
-        print_metrics_table({k: float(v) for k, v in metrics.items()}, title=f"metrics ({path})")
+        print_metrics_table({k: float(v) for k, v in metrics.items()}, title="final metrics")
+        print(f"metrics written to {path}")
     for logger in loggers:
         if isinstance(logger, WandbLogger) and logger._experiment is not None:
             logger.experiment.finish()

@@ -109,7 +109,7 @@ class PointCloudDataModule(pl.LightningDataModule):
 
     # -- augmentation ----------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        trainer = self._trainer
+        trainer = self.trainer
         if trainer is not None and trainer.training and self.train_transform.transforms:
             batch = dict(batch)
             batch["points"] = self.train_transform(batch["points"], self._augment_generator)

@@ -50,7 +50,7 @@ class ClassificationTask(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.confusion = nn.ModuleDict(
-            {stage: MulticlassConfusionMatrix(num_classes) for stage in ("train", "val", "test")}
+            {f"{stage}_confusion": MulticlassConfusionMatrix(num_classes) for stage in ("train", "val", "test")}
         )
         self.best_val_oa = 0.0
 
@@ -64,14 +64,14 @@ class ClassificationTask(pl.LightningModule):
         if out.feature_transform is not None and self.hparams.feature_transform_weight > 0:
             reg = orthogonality_penalty(out.feature_transform, self.hparams.reg_reduction)
             loss = loss + self.hparams.feature_transform_weight * reg
-        self.confusion[stage].update(logits.detach().argmax(dim=-1), batch["label"])
+        self.confusion[f"{stage}_confusion"].update(logits.detach().argmax(dim=-1), batch["label"])
         self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True,
                  batch_size=logits.shape[0], sync_dist=stage != "train")
         return loss
 
     def _log_accuracy(self, stage: str) -> float:
-        oa, macc = accuracy_from_confusion(self.confusion[stage].compute())
-        self.confusion[stage].reset()
+        oa, macc = accuracy_from_confusion(self.confusion[f"{stage}_confusion"].compute())
+        self.confusion[f"{stage}_confusion"].reset()
         self.log(f"{stage}/oa", oa, prog_bar=True)
         self.log(f"{stage}/macc", macc)
         return oa

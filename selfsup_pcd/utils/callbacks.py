@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.utilities.seed import _collect_rng_states, _set_rng_states
@@ -15,14 +16,23 @@ class RNGStateCheckpoint(pl.Callback):
 
     Lightning restores weights, optimizers, schedulers and loops but not the global RNGs, so dropout
     masks after a resume would differ from an uninterrupted run without this.
+
+    Numpy's state array is stored as a tensor so that checkpoints stay loadable with ``weights_only=True``.
     """
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        checkpoint["rng_states"] = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        states = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        name, keys, pos, has_gauss, gauss = states["numpy"]
+        states["numpy"] = (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
+        checkpoint["rng_states"] = states
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        if "rng_states" in checkpoint:
-            _set_rng_states(checkpoint["rng_states"])
+        if "rng_states" not in checkpoint:
+            return
+        states = dict(checkpoint["rng_states"])
+        name, keys, pos, has_gauss, gauss = states["numpy"]
+        states["numpy"] = (name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss)
+        _set_rng_states(states)
 
 
 class WandbRunIdCheckpoint(pl.Callback):
