@@ -7,8 +7,11 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from _cli import TINY_TRAIN, run_cli, start_cli
+
+from selfsup_pcd.data.synthetic import CLASS_NAMES
 
 
 def ckpt(path: Path) -> dict:
@@ -79,8 +82,9 @@ def test_ddp_two_cpu_processes_leave_one_run_directory(tmp_path):
     assert [p.name for p in runs] == ["ddp"]
     assert sorted(p.name for p in (runs[0] / "checkpoints").glob("last*.ckpt")) == ["last.ckpt"]
     state = ckpt(runs[0] / "checkpoints/last.ckpt")
-    # 54 train shapes over 2 ranks, batch 8, drop_last: 3 steps per rank and epoch
-    assert state["global_step"] == 3
+    # the train shapes are split over 2 ranks (batch 8, drop_last): half the steps of a single process
+    per_rank = len(CLASS_NAMES) * 6 // 2
+    assert state["global_step"] == per_rank // 8
     assert json.loads((runs[0] / "metrics.json").read_text())["test/oa"] >= 0.0
 
 
@@ -91,6 +95,13 @@ def test_train_then_linear_svm_eval_of_exported_backbone(tmp_path):
     assert {"test/oa", "test/macc", "val/oa", "train/loss_epoch"} <= set(metrics)
     backbone = run_dir / "backbone.pt"
     assert backbone.is_file()
+
+    # testing the Lightning checkpoint through the eval entry point reproduces the run's own test metrics
+    run_cli("eval", tmp_path, [*TINY_TRAIN, "task=classification", "run_name=cls_test",
+                               f"ckpt_path={run_dir / 'checkpoints/last.ckpt'}"])
+    retested = json.loads((tmp_path / "eval/runs/cls_test/metrics.json").read_text())
+    assert retested["test/oa"] == pytest.approx(metrics["test/oa"])
+    assert retested["test/macc"] == pytest.approx(metrics["test/macc"])
 
     data = [o for o in TINY_TRAIN if o.startswith("data")]
     model = [o for o in TINY_TRAIN if o.startswith("model.backbone")]
