@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-full lint demo clean help
+.PHONY: install test test-full lint demo clean help render-libs
 
 help:
 	@echo "make install    create .venv (Python 3.11) and install pinned requirements + the package"
@@ -13,11 +13,13 @@ help:
 	@echo "make test-full  every test, slow ones included"
 	@echo "make lint       ruff"
 	@echo "make demo       short training + linear-SVM evaluation on procedural shapes"
+	@echo "make render-libs  check (as root: install) the Debian libraries of offscreen rendering"
 
 install: $(STAMP)
 
 # Re-runs only when requirements.txt or pyproject.toml change, so a second `make install` is instant.
 $(STAMP): requirements.txt pyproject.toml
+	@$(MAKE) --no-print-directory render-libs
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
@@ -43,3 +45,29 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# Shared libraries of the offscreen rendering back ends (selfsup_pcd/render/backend.py): OSMesa
+# (libosmesa6) and Mesa EGL (libegl1 libegl-mesa0 libgl1-mesa-dri). As root with apt-get, missing ones are
+# installed; otherwise one message names them. Never fatal: EGL alone is enough to render.
+RENDER_LIBS_CHECK = \
+	ldconfig=$$(command -v ldconfig || echo /sbin/ldconfig); libs=$$($$ldconfig -p 2>/dev/null); missing=""; \
+	echo "$$libs" | grep -q 'libOSMesa\.so' || missing="$$missing libosmesa6"; \
+	echo "$$libs" | grep -q 'libEGL\.so\.1' || missing="$$missing libegl1"; \
+	echo "$$libs" | grep -q 'libEGL_mesa\.so' || missing="$$missing libegl-mesa0"; \
+	[ -n "$$(ls /usr/lib/*/dri/swrast_dri.so /usr/lib/dri/swrast_dri.so 2>/dev/null)" ] || \
+		missing="$$missing libgl1-mesa-dri"
+
+render-libs:
+	@$(RENDER_LIBS_CHECK); \
+	if [ -z "$$missing" ]; then \
+		echo "rendering: OSMesa and Mesa EGL libraries found"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "rendering: installing Debian packages$$missing"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q --no-install-recommends $$missing >/dev/null || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $$missing >/dev/null; } || \
+		echo "WARNING: apt-get could not install$$missing; rendering falls back to whatever back end loads"; \
+	else \
+		echo "NOTE: offscreen rendering wants the Debian packages$$missing (run: sudo apt-get install$$missing);" \
+			"without libosmesa6 it renders through Mesa EGL (PYOPENGL_PLATFORM=egl)"; \
+	fi
