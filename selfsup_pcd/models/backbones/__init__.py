@@ -1,0 +1,7 @@
+"""Point-cloud encoders (pure PyTorch, channels-last (B, N, C) input, xyz first)."""
+
+from .base import BackboneOutput
+from .dgcnn import DGCNNEncoder
+from .pointnet import PointNetEncoder
+
+__all__ = ["BackboneOutput", "DGCNNEncoder", "PointNetEncoder"]
