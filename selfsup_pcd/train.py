@@ -1,8 +1,10 @@
 """Training entry point: ``python -m selfsup_pcd.train [overrides]`` (console script ``selfsup-train``).
 
-Composes ``conf/train.yaml``; builds the datamodule, backbone and task from ``_target_`` entries; trains,
-tests the last-epoch weights, exports the backbone to ``<run dir>/backbone.pt`` and writes
-``<run dir>/metrics.json``. Re-running in a run directory that holds ``checkpoints/last.ckpt`` resumes it.
+Composes ``conf/train.yaml``; builds the datamodule and the LightningModule from ``_target_`` entries (a
+pretraining ``method`` when one is chosen, else the downstream ``task`` on ``model.backbone``); trains; tests
+the last-epoch task weights; exports the backbone to ``<run dir>/backbone.pt`` (a method may export more, e.g.
+a 2D teacher) and writes ``<run dir>/metrics.json``. Re-running in a run directory that holds
+``checkpoints/last.ckpt`` resumes it.
 """
 
 from __future__ import annotations
@@ -47,8 +49,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 cfg.logger.wandb.resume = "allow"
 
     datamodule = instantiate(cfg.data)
-    backbone = instantiate(cfg.model.backbone)
-    module = instantiate(cfg.task, backbone=backbone, num_classes=datamodule.num_classes)
+    pretraining = cfg.get("method") is not None
+    if pretraining:
+        # method configs name their own networks (e.g. `backbone: ${model.backbone}`)
+        module = instantiate(cfg.method)
+    else:
+        module = instantiate(cfg.task, backbone=instantiate(cfg.model.backbone), num_classes=datamodule.num_classes)
     loggers = instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=loggers or False)
     for logger in loggers:
@@ -56,14 +62,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     metrics = {k: v for k, v in trainer.callback_metrics.items()}
-    if cfg.get("test_after_fit", True):
+    if cfg.get("test_after_fit", True) and not pretraining:
         trainer.test(module, datamodule=datamodule, verbose=False)
         metrics.update(trainer.callback_metrics)
 
     if trainer.is_global_zero:
         if cfg.get("export_backbone", True):
-            save_backbone(output_dir / "backbone.pt", module.backbone,
-                          meta={"config": config_as_dict(cfg.model), "epochs": trainer.current_epoch})
+            meta = {"config": config_as_dict(cfg.model), "epochs": trainer.current_epoch}
+            if pretraining:
+                meta["method"] = config_as_dict(cfg.method)
+                for path in module.export(output_dir, meta):
+                    print(f"exported {path}")
+            else:
+                save_backbone(output_dir / "backbone.pt", module.backbone, meta=meta)
         path = write_metrics(output_dir, metrics)
         print_metrics_table({k: float(v) for k, v in metrics.items()}, title="final metrics")
         print(f"metrics written to {path}")

@@ -1,0 +1,1 @@
+"""Self-supervised pretraining methods (LightningModules). Each exports its point backbone after training."""
