@@ -16,7 +16,6 @@ def modelnet_overrides(shared_data, tmp_path):
             "data.num_workers=0"]
 
 
-@pytest.mark.slow
 def test_supervised_pointnet_reaches_90_percent(modelnet_overrides, tmp_path):
     run_cli("train", tmp_path, [*modelnet_overrides, "model=pointnet", "trainer.max_epochs=4", "logger=csv",
                                 "run_name=pointnet", "task.scheduler.T_max=4"])
