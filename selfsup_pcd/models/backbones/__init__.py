@@ -2,6 +2,7 @@
 
 from .base import BackboneOutput
 from .dgcnn import DGCNNEncoder
+from .dgcnn_semseg import DGCNNSemsegEncoder
 from .pointnet import PointNetEncoder
 
-__all__ = ["BackboneOutput", "DGCNNEncoder", "PointNetEncoder"]
+__all__ = ["BackboneOutput", "DGCNNEncoder", "DGCNNSemsegEncoder", "PointNetEncoder"]
