@@ -1,3 +1,11 @@
 from selfsup_pcd.models.heads.classifier import ClassifierHead
+from selfsup_pcd.models.heads.projection import (
+    GlobalProjectionHead,
+    PixelHead,
+    PointProjectionHead,
+    ProjectionHead,
+    bilinear_at_pixels,
+)
 
-__all__ = ["ClassifierHead"]
+__all__ = ["ClassifierHead", "GlobalProjectionHead", "PixelHead", "PointProjectionHead", "ProjectionHead",
+           "bilinear_at_pixels"]
