@@ -187,6 +187,11 @@ def load_teacher(teacher: MultiViewTeacher, path: str | Path, strict_trunk: bool
         ours = {k: teacher.config()[k] for k in _CONFIG_KEYS}
         if theirs != ours:
             raise CheckpointError(f"{path}: teacher file was saved for {theirs}, the network is {ours}")
+        if "input_norm" in meta and meta["input_norm"] != teacher.input_norm:
+            # the weights fit, but the images it learned from were normalised differently: features shift
+            log.warning("%s: teacher trained with input_norm=%s, loaded into input_norm=%s (set "
+                        "method.teacher.input_norm=%s to match)", path, meta["input_norm"], teacher.input_norm,
+                        meta["input_norm"])
     target = teacher.state_dict()
     prefix = best_prefix(state, set(target))
     if f"{prefix}f.0.weight" in state:
