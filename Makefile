@@ -5,14 +5,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-full lint demo clean help render-libs
+.PHONY: install test test-full lint demo demo-mvr demo-byol demo-supervised clean help render-libs
 
 help:
 	@echo "make install    create .venv (Python 3.11) and install pinned requirements + the package"
 	@echo "make test       fast test suite (skips @pytest.mark.slow)"
 	@echo "make test-full  every test, slow ones included"
 	@echo "make lint       ruff"
-	@echo "make demo       short training + linear-SVM evaluation on procedural shapes"
+	@echo "make demo [METHOD=mvr|byol|supervised]  pretrain on procedural shapes, then linear SVMs: pretrained vs random"
 	@echo "make render-libs  check (as root: install) the Debian libraries of offscreen rendering"
 
 install: $(STAMP)
@@ -35,13 +35,37 @@ test-full: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check selfsup_pcd tests benchmarks
 
+# `make demo` (METHOD=mvr): render procedural shapes, train a small 2D teacher, MVR-pretrain PointNet, then score
+# the exported backbone and a random one with linear SVMs (1 and 2 labels per class) and print both.
+# METHOD=byol: the same with STRL/BYOL pretraining; METHOD=supervised: a supervised PointNet.
+METHOD ?= mvr
+SVM_EVAL := $(PY) -m selfsup_pcd.eval data=procedural data.train_per_class=30 data.test_per_class=15 \
+	task.shots=[1,2] task.draws=100
+COMPARE := $(PY) -m selfsup_pcd.compare --metric shot_macc --metric test/oa --metric test/macc
+
 demo: $(STAMP)
+	@case "$(METHOD)" in mvr|byol|supervised) ;; *) echo "METHOD must be mvr, byol or supervised (got '$(METHOD)')"; exit 2;; esac
+	@$(MAKE) --no-print-directory demo-$(METHOD)
+
+demo-mvr: $(STAMP)
+	$(PY) -m selfsup_pcd.train experiment=mvr_teacher_demo
+	$(PY) -m selfsup_pcd.train experiment=mvr_demo
+	$(SVM_EVAL) data.num_points=512 run_name=mvr_demo_svm_pretrained ckpt_path=logs/train/runs/mvr_demo/backbone.pt
+	$(SVM_EVAL) data.num_points=512 run_name=mvr_demo_svm_random
+	$(COMPARE) logs/eval/runs/mvr_demo_svm_pretrained logs/eval/runs/mvr_demo_svm_random
+
+demo-byol: $(STAMP)
+	$(PY) -m selfsup_pcd.train experiment=byol_demo
+	$(SVM_EVAL) data.num_points=1024 model=pointnet_strl run_name=byol_demo_svm_pretrained \
+		ckpt_path=logs/train/runs/byol_demo/backbone.pt
+	$(SVM_EVAL) data.num_points=1024 model=pointnet_strl run_name=byol_demo_svm_random
+	$(COMPARE) logs/eval/runs/byol_demo_svm_pretrained logs/eval/runs/byol_demo_svm_random
+
+demo-supervised: $(STAMP)
 	$(PY) -m selfsup_pcd.train experiment=demo
-	$(PY) -m selfsup_pcd.eval data=procedural data.train_per_class=30 data.test_per_class=15 \
-		data.num_points=512 run_name=demo_svm_pretrained ckpt_path=logs/train/runs/demo/backbone.pt \
-		task.shots=[1,2] task.draws=20
-	$(PY) -m selfsup_pcd.eval data=procedural data.train_per_class=30 data.test_per_class=15 \
-		data.num_points=512 run_name=demo_svm_random task.shots=[1,2] task.draws=20
+	$(SVM_EVAL) data.num_points=512 run_name=demo_svm_pretrained ckpt_path=logs/train/runs/demo/backbone.pt
+	$(SVM_EVAL) data.num_points=512 run_name=demo_svm_random
+	$(COMPARE) logs/eval/runs/demo_svm_pretrained logs/eval/runs/demo_svm_random
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -22,6 +22,7 @@ TINY_MVR = [
     "data.batch_size=4",
     "data.pairs.num_pairs=32",
     *MODEL,
+    "method.teacher.path=null",
     "method.teacher.view_dim=32",
     "method.teacher.hidden_dim=32",
     "method.teacher.out_dim=16",
