@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -46,3 +47,152 @@ def test_corrupt_metrics_file_is_an_error_naming_it(tmp_path, capsys, text) -> N
     (run / "metrics.json").write_text(text)
     assert main([str(run)]) == 2
     assert str(run / "metrics.json") in capsys.readouterr().err
+
+
+# ---- sweeps: run discovery and --group-by over the Hydra job layout -------------------------------------------------
+
+def write_job(root, name: str, metrics: dict, config: str, overrides: list[str] | None = None) -> object:
+    """One job directory as Hydra writes it: metrics.json next to .hydra/{config,overrides}.yaml."""
+    run = write_run(root, name, metrics)
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text(config)
+    (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides or []))
+    return run
+
+
+JOB_CONFIG = """\
+seed: {seed}
+method:
+  temperature: {temperature}
+data:
+  seed: ${{seed}}
+  pairs:
+    shuffle: false
+model:
+  in_channels: ${{point_channels:${{oc.select:data.use_normals,false}}}}
+paths:
+  root_dir: ${{project_root:}}
+"""
+
+
+def write_sweep(root) -> object:
+    """A 2x2 multirun (method.temperature x seed) with hand-chosen metrics; jobs numbered as Hydra does."""
+    sweep = root / "multirun" / "2024-05-01" / "12-00-00"
+    sweep.mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    jobs = [  # temperature, seed, test/oa, train/loss, within-run SVM draws (mean, std)
+        (0.1, 0, 0.5, 1.0, 0.25, 0.01),
+        (0.1, 1, 0.7, 3.0, 0.75, 0.02),
+        (0.5, 0, 0.8, 2.0, 0.5, 0.03),
+        (0.5, 1, 0.9, 2.0, 0.5, 0.04),
+    ]
+    for i, (temperature, seed, oa, loss, draws_mean, draws_std) in enumerate(jobs):
+        write_job(sweep, str(i), {"test/oa": oa, "train/loss": loss, "test/1shot_macc_mean": draws_mean,
+                                  "test/1shot_macc_std": draws_std},
+                  JOB_CONFIG.format(seed=seed, temperature=temperature),
+                  [f"method.temperature={temperature}", f"seed={seed}"])
+    return sweep
+
+
+def table(out: str) -> dict[str, list[str]]:
+    """Plain-text table rows by metric label, cells split on two or more spaces."""
+    rows = [re.split(r"\s{2,}", line.strip()) for line in out.strip().splitlines()]
+    return {row[0]: row[1:] for row in rows}
+
+
+def test_sweep_2x2_groups_mean_std_over_seeds(tmp_path, capsys) -> None:
+    write_sweep(tmp_path)
+    md, js = tmp_path / "t.md", tmp_path / "t.json"
+    assert main([str(tmp_path / "multirun"), "--group-by", "method.temperature", "--markdown", str(md),
+                 "--json", str(js)]) == 0
+    rows = table(capsys.readouterr().out)
+    assert rows["metric"] == ["method.temperature=0.1", "method.temperature=0.5"]
+    assert rows["n"] == ["2", "2"]
+    # test/oa: (0.5, 0.7) -> 60.0 ± sqrt(0.02) = 14.1;  (0.8, 0.9) -> 85.0 ± sqrt(0.005) = 7.1
+    assert rows["test/oa (%)"] == ["60.0 ± 14.1", "85.0 ± 7.1"]
+    # train/loss (not a rate): (1, 3) -> 2 ± sqrt(2);  (2, 2) -> 2 ± 0
+    assert rows["train/loss"] == ["2 ± 1.414", "2 ± 0"]
+    # each run's own draw mean is aggregated over runs; its within-run std is dropped
+    assert rows["test/1shot_macc (%)"] == ["50.0 ± 35.4", "50.0 ± 0.0"]
+    assert not any("_std" in label for label in rows)
+    markdown = md.read_text().splitlines()
+    assert markdown[0] == "| metric | method.temperature=0.1 | method.temperature=0.5 |"
+    assert "| test/oa (%) | 60.0 ± 14.1 | 85.0 ± 7.1 |" in markdown and "| n | 2 | 2 |" in markdown
+    summary = json.loads(js.read_text())
+    assert list(summary) == ["method.temperature=0.1", "method.temperature=0.5"]
+    low = summary["method.temperature=0.1"]
+    assert low["test/oa"] == {"mean": pytest.approx(0.6), "std": pytest.approx(0.02 ** 0.5), "n": 2}
+    assert low["test/1shot_macc_mean"] == {"mean": pytest.approx(0.5), "std": pytest.approx(0.125 ** 0.5), "n": 2}
+    assert "test/1shot_macc_std" not in low
+    assert summary["method.temperature=0.5"]["train/loss"] == {"mean": 2.0, "std": 0.0, "n": 2}
+
+
+def test_group_by_several_keys_and_interpolations(tmp_path, capsys) -> None:
+    write_sweep(tmp_path)
+    # data.seed is ${seed} (resolved); model.in_channels uses resolvers unknown here (compared as raw text)
+    assert main([str(tmp_path), "--group-by", "data.seed", "--group-by", "model.in_channels",
+                 "--group-by", "data.pairs.shuffle", "--metric", "test/oa"]) == 0
+    rows = table(capsys.readouterr().out)
+    raw = "model.in_channels=${point_channels:${oc.select:data.use_normals,false}}"
+    assert rows["metric"] == [f"data.seed=0,{raw},data.pairs.shuffle=false",
+                              f"data.seed=1,{raw},data.pairs.shuffle=false"]
+    assert rows["n"] == ["2", "2"]
+    assert rows["test/oa (%)"] == ["65.0 ± 21.2", "80.0 ± 14.1"]  # (0.5, 0.8) and (0.7, 0.9)
+
+
+def test_group_of_one_omits_std_and_partial_metric_says_n(tmp_path, capsys) -> None:
+    cfg = "k: {k}\n"
+    write_job(tmp_path, "a", {"test/oa": 0.5, "extra": 1.0}, cfg.format(k=10))
+    write_job(tmp_path, "b", {"test/oa": 0.7}, cfg.format(k=10))
+    write_job(tmp_path, "c", {"test/oa": 0.25}, cfg.format(k=2))
+    js = tmp_path / "t.json"
+    assert main([str(tmp_path), "--group-by", "k", "--json", str(js)]) == 0
+    rows = table(capsys.readouterr().out)
+    assert rows["metric"] == ["k=2", "k=10"]           # numbers in numeric order
+    assert rows["n"] == ["1", "2"]
+    assert rows["test/oa (%)"] == ["25.0", "60.0 ± 14.1"]
+    assert rows["extra"] == ["-", "1 (n=1)"]
+    assert json.loads(js.read_text())["k=2"]["test/oa"] == {"mean": 0.25, "std": None, "n": 1}
+
+
+def test_nested_discovery_skips_hidden_dirs_and_run_subdirs(tmp_path, capsys) -> None:
+    write_run(tmp_path / "x" / "deep" / "er", "run1", {"m": 1.0})
+    write_run(tmp_path / "y", "run2", {"m": 2.0})
+    run3 = write_run(tmp_path, "run3", {"m": 3.0})
+    write_run(run3, "csv", {"m": 99.0})                        # inside a run: not another run
+    write_run(tmp_path / ".hidden", "run4", {"m": 99.0})      # hidden directories are not searched
+    # the same run reached twice (through its parent and directly) is one column
+    assert main([str(tmp_path), str(run3)]) == 0
+    rows = table(capsys.readouterr().out)
+    assert rows["metric"] == ["run3", "run1", "run2"]         # a run argument first, then its sweep in path order
+    assert rows["m"] == ["3", "1", "2"]
+
+
+def test_nested_discovery_labels_jobs_by_relative_path(tmp_path, capsys) -> None:
+    for sweep, value in (("s1", 1.0), ("s2", 2.0)):
+        for job in ("0", "1", "10", "2"):
+            write_run(tmp_path / sweep, job, {"m": value + int(job) / 100})
+    js = tmp_path / "t.json"
+    assert main([str(tmp_path / "s1"), str(tmp_path / "s2"), "--json", str(js)]) == 0
+    rows = table(capsys.readouterr().out)
+    assert rows["metric"] == ["s1/0", "s1/1", "s1/2", "s1/10", "s2/0", "s2/1", "s2/2", "s2/10"]
+    assert json.loads(js.read_text())["s2/10"] == {"m": {"mean": 2.1, "std": None, "n": 1}}
+
+
+def test_missing_key_config_or_runs_are_errors_naming_them(tmp_path, capsys) -> None:
+    sweep = write_sweep(tmp_path)
+    assert main([str(sweep), "--group-by", "method.temperature", "--group-by", "method.momentum"]) == 2
+    err = capsys.readouterr().err
+    assert f"run {sweep / '0'}: config key 'method.momentum' not in {sweep / '0' / '.hydra' / 'config.yaml'}" in err
+    bare = write_run(tmp_path, "bare", {"m": 1.0})
+    assert main([str(bare), "--group-by", "seed"]) == 2
+    assert f"{bare / '.hydra' / 'config.yaml'}: not found" in capsys.readouterr().err
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    assert main([str(tmp_path / "empty")]) == 2
+    assert f"no run directory (holding one) below {tmp_path / 'empty'}" in capsys.readouterr().err
+    (sweep / "3" / "metrics.json").write_text("{broken")
+    assert main([str(sweep)]) == 2
+    assert str(sweep / "3" / "metrics.json") in capsys.readouterr().err
+    (sweep / "2" / ".hydra" / "config.yaml").write_text("a: [unclosed\n")
+    assert main([str(sweep / "2"), "--group-by", "seed"]) == 2
+    assert f"{sweep / '2' / '.hydra' / 'config.yaml'}: not a readable config" in capsys.readouterr().err
