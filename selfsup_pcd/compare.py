@@ -16,7 +16,7 @@ With ``--group-by KEY`` (repeatable; dotted keys of the composed config ``.hydra
 the ``n`` row counts the runs of each group; a cell over fewer runs says ``(n=k)``, and with n=1 the std is omitted
 (``null`` in JSON). A run's own ``NAME_mean`` is aggregated like any metric, so the within-run std (``NAME_std``,
 spread over draws) is dropped: the spread shown is over runs (seeds). Interpolations in the config that cannot be
-resolved here (project resolvers) are compared as their raw ``${...}`` text.
+resolved here (e.g. Hydra's ``${hydra:...}``) are compared as their raw ``${...}`` text.
 
 ``--markdown FILE`` also writes the table; ``--json FILE`` writes ``{column label: {metric name as in metrics.json:
 {"mean", "std", "n"}}}`` with raw values (no percent), for scripts.
@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
+
+from selfsup_pcd.utils.hydra import register_resolvers
 
 PERCENT_HINTS = ("acc", "oa", "iou", "map")
 METRICS_FILE = "metrics.json"
@@ -129,6 +131,7 @@ _ABSENT = object()
 
 def config_value(cfg: Any, key: str, run_dir: Path) -> Any:
     """The value of a dotted ``key``; resolved when possible, else the raw ``${...}`` text; missing: an error."""
+    register_resolvers()  # the project's own (point_channels, ...), so values do not depend on what ran before
     node: Any = OmegaConf.to_container(cfg, resolve=False)
     for part in key.split("."):
         if isinstance(node, dict) and part in node:

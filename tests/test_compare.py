@@ -129,11 +129,11 @@ def test_sweep_2x2_groups_mean_std_over_seeds(tmp_path, capsys) -> None:
 
 def test_group_by_several_keys_and_interpolations(tmp_path, capsys) -> None:
     write_sweep(tmp_path)
-    # data.seed is ${seed} (resolved); model.in_channels uses resolvers unknown here (compared as raw text)
+    # data.seed is ${seed}, model.in_channels uses the project's resolvers: both resolved, whatever ran before
     assert main([str(tmp_path), "--group-by", "data.seed", "--group-by", "model.in_channels",
                  "--group-by", "data.pairs.shuffle", "--metric", "test/oa"]) == 0
     rows = table(capsys.readouterr().out)
-    raw = "model.in_channels=${point_channels:${oc.select:data.use_normals,false}}"
+    raw = "model.in_channels=3"
     assert rows["metric"] == [f"data.seed=0,{raw},data.pairs.shuffle=false",
                               f"data.seed=1,{raw},data.pairs.shuffle=false"]
     assert rows["n"] == ["2", "2"]
