@@ -10,10 +10,10 @@ then mean ± std over the seeds. Slow: several minutes per seed on a 2-core CPU.
 from __future__ import annotations
 
 import json
-import statistics
 
 import pytest
 from _cli import run_cli
+from _seeds import few_label_table
 
 SUBSET = "modelnet40_normal_resampled"
 SEEDS = (0, 1, 2)
@@ -36,17 +36,7 @@ def test_strl_pretraining_beats_random_init_with_one_and_two_labels(shared_data,
         for kind in results:
             results[kind][seed] = json.loads((tmp_path / f"eval/runs/{kind}{seed}/metrics.json").read_text())
 
-    lines = ["| init | shots | " + " | ".join(f"seed {s}: macc (mean ± std over 100 draws)" for s in SEEDS)
-             + " | over seeds |", "|---|---|" + "---|" * (len(SEEDS) + 1)]
-    means: dict[tuple[str, int], float] = {}
-    for kind in results:
-        for shots in (1, 2):
-            per_seed = [results[kind][s][f"test/{shots}shot_macc_mean"] for s in SEEDS]
-            stds = [results[kind][s][f"test/{shots}shot_macc_std"] for s in SEEDS]
-            means[kind, shots] = statistics.mean(per_seed)
-            cells = " | ".join(f"{100 * m:.1f} ± {100 * d:.1f}" for m, d in zip(per_seed, stds))
-            lines.append(f"| {kind} | {shots} | {cells} | {100 * means[kind, shots]:.1f} ± "
-                         f"{100 * statistics.stdev(per_seed):.1f} |")
+    lines, means = few_label_table(results, SEEDS)
     print("\n".join(["", *lines]))
     (tmp_path / "strl_vs_random.md").write_text("\n".join(lines) + "\n")
     for shots in (1, 2):

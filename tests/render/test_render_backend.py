@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import os
+import subprocess
+import sys
+
 import pytest
 
 from selfsup_pcd.render import backend
@@ -70,3 +75,36 @@ def test_configure_refuses_after_opengl_was_imported_with_another_platform(monke
     monkeypatch.setitem(__import__("sys").modules, "OpenGL", object())
     with pytest.raises(RuntimeError, match="imported before"):
         backend.configure()
+
+
+OSMESA_RENDER_LOOP = """
+import os, sys
+os.environ["PYOPENGL_PLATFORM"] = "osmesa"
+import trimesh
+from selfsup_pcd.render import Renderer, make_rig
+import selfsup_pcd.render.backend as backend
+if sys.argv[1] == "unpatched":
+    backend.stable_context_ids = lambda: None
+cameras = make_rig("ring", num_views=2, resolution=16)
+counts = []
+with Renderer(16, 16) as renderer:
+    for _ in range(4):
+        renderer.render_mesh(trimesh.creation.icosphere(subdivisions=1), cameras)
+        counts.append(len(renderer._context()._renderer._program_cache._program_cache))
+print(counts)
+"""
+
+
+@pytest.mark.skipif(not backend.osmesa_present(), reason="libOSMesa is not installed (Debian: libosmesa6)")
+def test_osmesa_renders_reuse_their_shader_programs():
+    # PyOpenGL's OSMesa context handle differs on every call; unpatched, pyrender compiles and keeps a new shader
+    # program per render (memory grows, renders slow down). stable_context_ids keys the context by address.
+    def program_counts(mode: str) -> list[int]:
+        out = subprocess.run([sys.executable, "-c", OSMESA_RENDER_LOOP, mode], capture_output=True, text=True,
+                             check=True, env={**os.environ, "PYOPENGL_PLATFORM": "osmesa"})
+        return ast.literal_eval(out.stdout.strip().splitlines()[-1])
+
+    patched = program_counts("patched")
+    assert patched[0] >= 1 and patched == [patched[0]] * 4
+    unpatched = program_counts("unpatched")
+    assert unpatched[-1] > unpatched[0]  # the bug the patch fixes is still there to fix
