@@ -5,25 +5,28 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from selfsup_pcd.checkpoints import load_backbone
 from selfsup_pcd.metrics import accuracy_from_confusion
+from selfsup_pcd.tasks.base import SupervisedTask
 from selfsup_pcd.tasks.losses import orthogonality_penalty, smoothed_cross_entropy
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
-class ClassificationTask(pl.LightningModule):
+class ClassificationTask(SupervisedTask):
     """Fine-tunes (or trains from scratch) a point backbone with a classification head.
 
     Logs ``{train,val,test}/{oa,macc}``. ``val/oa_best`` is the best validation OA over epochs, the
     papers' selection protocol; it is only an optimistic figure when the validation split is the test set.
     """
+
+    best_metric = "val/oa"
+    best_key = "best_val_oa"
 
     def __init__(
         self,
@@ -52,7 +55,6 @@ class ClassificationTask(pl.LightningModule):
         self.confusion = nn.ModuleDict(
             {f"{stage}_confusion": MulticlassConfusionMatrix(num_classes) for stage in ("train", "val", "test")}
         )
-        self.best_val_oa = 0.0
 
     def forward(self, points: Tensor) -> Tensor:
         return self.head(self.backbone(points).global_feat)
@@ -69,44 +71,10 @@ class ClassificationTask(pl.LightningModule):
                  batch_size=logits.shape[0], sync_dist=stage != "train")
         return loss
 
-    def _log_accuracy(self, stage: str) -> float:
+    def _log_epoch(self, stage: str) -> float:
         oa, macc = accuracy_from_confusion(self.confusion[f"{stage}_confusion"].compute())
         self.confusion[f"{stage}_confusion"].reset()
         self.log(f"{stage}/oa", oa, prog_bar=True)
         self.log(f"{stage}/macc", macc)
         return oa
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
-
-    def on_train_epoch_end(self) -> None:
-        self._log_accuracy("train")
-
-    def on_validation_epoch_end(self) -> None:
-        oa = self._log_accuracy("val")
-        if not self.trainer.sanity_checking:
-            self.best_val_oa = max(self.best_val_oa, oa)
-        self.log("val/oa_best", self.best_val_oa)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_accuracy("test")
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["best_val_oa"] = self.best_val_oa
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.best_val_oa = checkpoint.get("best_val_oa", 0.0)
-
-    def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
-                                                          "interval": "epoch"}}

@@ -12,7 +12,6 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassConfusionMatrix
@@ -21,6 +20,7 @@ from selfsup_pcd.checkpoints import CheckpointError
 from selfsup_pcd.metrics import accuracy_from_confusion
 from selfsup_pcd.metrics.segmentation import PartSegmentationIoU, restrict_to_category
 from selfsup_pcd.models.part_seg import PartSegNetwork
+from selfsup_pcd.tasks.base import SupervisedTask
 from selfsup_pcd.tasks.losses import orthogonality_penalty, smoothed_cross_entropy
 from selfsup_pcd.transfer import TRANSFER_MODES, transfer_into
 
@@ -40,7 +40,7 @@ def _default_parts(num_categories: int) -> list[int]:
     return list(PARTS_PER_CATEGORY)
 
 
-class PartSegmentationTask(pl.LightningModule):
+class PartSegmentationTask(SupervisedTask):
     """Trains a :class:`~selfsup_pcd.models.part_seg.PartSegNetwork` (from scratch or from a pretrained encoder).
 
     ``num_classes`` is the number of shape categories (the one-hot input); ``parts_per_category`` the part
@@ -49,6 +49,9 @@ class PartSegmentationTask(pl.LightningModule):
     ``selfsup_pcd.transfer``); an encoder that is not completely loaded is refused unless
     ``allow_partial_load``, and the per-layer report is printed either way.
     """
+
+    best_metric = "val/instance_miou"
+    best_key = "best_val_miou"
 
     def __init__(
         self,
@@ -92,7 +95,6 @@ class PartSegmentationTask(pl.LightningModule):
         self.iou = nn.ModuleDict({f"{s}_iou": PartSegmentationIoU(self.parts_per_category) for s in STAGES})
         self.confusion = nn.ModuleDict({f"{s}_confusion": MulticlassConfusionMatrix(self.num_parts) for s in STAGES})
         self.category_names = [str(i) for i in range(num_classes)]
-        self.best_val_miou = 0.0
 
     @property
     def backbone(self) -> nn.Module:
@@ -142,37 +144,3 @@ class PartSegmentationTask(pl.LightningModule):
                 self.log(f"{stage}/miou_{name}", value)
         return float(ious["instance_miou"])
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
-
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch("train")
-
-    def on_validation_epoch_end(self) -> None:
-        miou = self._log_epoch("val")
-        if not self.trainer.sanity_checking:
-            self.best_val_miou = max(self.best_val_miou, miou)
-        self.log("val/instance_miou_best", self.best_val_miou)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["best_val_miou"] = self.best_val_miou
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.best_val_miou = checkpoint.get("best_val_miou", 0.0)
-
-    def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
-                                                          "interval": "epoch"}}

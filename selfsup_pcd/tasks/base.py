@@ -1,0 +1,64 @@
+"""What the supervised downstream tasks share: step dispatch per stage, a best-validation metric that survives
+resume, and optimiser/scheduler partials. Subclasses define ``_step`` and ``_log_epoch``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+from torch import Tensor
+
+
+class SupervisedTask(pl.LightningModule):
+    """``best_metric`` (logged as ``<best_metric>_best``) is the best ``_log_epoch("val")`` over epochs, kept in
+    checkpoints under ``best_key`` so a resumed run reports the same best value as an uninterrupted one."""
+
+    best_metric = "val/metric"
+    best_key = "best_val"
+    optimizer_factory: Any
+    scheduler_factory: Any
+
+    def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        raise NotImplementedError
+
+    def _log_epoch(self, stage: str) -> float:
+        raise NotImplementedError
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.best_value = 0.0
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        value = self._log_epoch("val")
+        if not self.trainer.sanity_checking:
+            self.best_value = max(self.best_value, value)
+        self.log(f"{self.best_metric}_best", self.best_value)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[self.best_key] = self.best_value
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.best_value = checkpoint.get(self.best_key, 0.0)
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
+                                                          "interval": "epoch"}}
