@@ -17,10 +17,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Sequence
-from contextlib import suppress
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -32,6 +30,7 @@ from tqdm import tqdm
 
 from selfsup_pcd.data.base import PointCloudDataModule
 from selfsup_pcd.data.errors import DataFormatError, DatasetLayoutError
+from selfsup_pcd.data.writers.atomic import atomic_file
 
 # Bump when the cache content or layout changes: old caches are then rebuilt.
 CACHE_FORMAT_VERSION = 1
@@ -285,25 +284,16 @@ class TxtCache:
         entries = self.layout.split(self.split)
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(prefix=f"{self.path.name}.", suffix=".tmp", dir=self.cache_dir)
         except OSError as err:
             raise OSError(
                 f"cannot write the ModelNet40 cache in {self.cache_dir} ({err}); pass a writable cache_dir"
             ) from err
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            with h5py.File(tmp, "w") as f:
-                self._write(f, entries)
-                f.attrs["fingerprint"] = fingerprint
-                f.attrs["format_version"] = CACHE_FORMAT_VERSION
-                f.attrs["root"] = str(self.layout.root.resolve())
-                f.attrs["split"] = self.split
-            os.replace(tmp, self.path)
-        except BaseException:
-            with suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
+        with atomic_file(self.path) as tmp, h5py.File(tmp, "w") as f:
+            self._write(f, entries)
+            f.attrs["fingerprint"] = fingerprint
+            f.attrs["format_version"] = CACHE_FORMAT_VERSION
+            f.attrs["root"] = str(self.layout.root.resolve())
+            f.attrs["split"] = self.split
 
     def _write(self, f: h5py.File, entries: TxtSplit) -> None:
         ids = entries.ids
