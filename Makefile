@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-full lint demo demo-mvr demo-byol demo-supervised clean help render-libs
+.PHONY: install test test-full lint demo demo-mvr demo-byol demo-supervised clean help render-libs blas-libs minkowski
 
 help:
 	@echo "make install    create .venv (Python 3.11) and install pinned requirements + the package"
@@ -14,6 +14,7 @@ help:
 	@echo "make lint       ruff"
 	@echo "make demo [METHOD=mvr|byol|supervised]  pretrain on procedural shapes, then linear SVMs: pretrained vs random"
 	@echo "make render-libs  check (as root: install) the Debian libraries of offscreen rendering"
+	@echo "make minkowski  (re)install MinkowskiEngine 0.5.4: patched, built CPU-only with OpenBLAS, wheel cached"
 
 install: $(STAMP)
 
@@ -24,7 +25,14 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
+	@$(MAKE) --no-print-directory minkowski
 	touch $(STAMP)
+
+# MinkowskiEngine (SR-UNet) has no wheel: selfsup_pcd/install/minkowski.py builds one against the installed torch
+# (about 6-7 min on 2 cores), caches it in ~/.cache/selfsup_pcd/minkowskiengine and reuses it while torch, Python and
+# the patch are unchanged. A failed build stops `make install` with one message.
+minkowski: blas-libs
+	$(PY) selfsup_pcd/install/minkowski.py
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)
@@ -80,6 +88,19 @@ RENDER_LIBS_CHECK = \
 	echo "$$libs" | grep -q 'libEGL_mesa\.so' || missing="$$missing libegl-mesa0"; \
 	[ -n "$$(ls /usr/lib/*/dri/swrast_dri.so /usr/lib/dri/swrast_dri.so 2>/dev/null)" ] || \
 		missing="$$missing libgl1-mesa-dri"
+
+# OpenBLAS, MinkowskiEngine's BLAS: libopenblas-dev to build (libopenblas0 to run). As root with apt-get it is
+# installed; otherwise the MinkowskiEngine build names the package when it is missing.
+blas-libs:
+	@ldconfig=$$(command -v ldconfig || echo /sbin/ldconfig); \
+	if $$ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so '; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "MinkowskiEngine: installing Debian's libopenblas-dev"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q --no-install-recommends libopenblas-dev >/dev/null || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends libopenblas-dev >/dev/null; } || \
+		echo "WARNING: apt-get could not install libopenblas-dev"; \
+	fi
 
 render-libs:
 	@$(RENDER_LIBS_CHECK); \
