@@ -154,7 +154,10 @@ def _remap(network: nn.Module, state: Mapping[str, Tensor], source: str) -> Netw
 def _name_shape(network: nn.Module, state: Mapping[str, Tensor], source: str) -> NetworkTransferReport:
     from selfsup_pcd.models.part_seg import original_names
 
-    names = {k: v for k, v in original_names(network).items() if k.startswith("backbone.")}
+    # a network that was named differently in its original code (the semseg nets) says so itself
+    own = getattr(network, "original_names", None)
+    all_names = own() if callable(own) else original_names(network)
+    names = {k: v for k, v in all_names.items() if k.startswith("backbone.")}
     target = network.state_dict()
     prefix = best_prefix(state, set(names.values()))
     stripped = _strip(state, prefix)

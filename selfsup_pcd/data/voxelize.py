@@ -67,6 +67,23 @@ def voxel_labels(inverse: np.ndarray, labels: np.ndarray, num_voxels: int, mode:
     return out
 
 
+def _unique_rows(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(grid, axis=0, return_inverse=True)`` through one int64 key per row (several times faster)."""
+    if len(grid) == 0:
+        return grid.reshape(0, 3), np.zeros(0, dtype=np.int64)
+    low = grid.min(0)
+    span = grid.max(0) - low + 1
+    if float(np.prod(span.astype(np.float64))) >= 2**62:  # too wide a grid for one key: the slow path
+        coords, inverse = np.unique(grid, axis=0, return_inverse=True)
+        return coords, inverse.reshape(-1)
+    shifted = grid - low
+    keys = (shifted[:, 0] * span[1] + shifted[:, 1]) * span[2] + shifted[:, 2]
+    unique_keys, inverse = np.unique(keys, return_inverse=True)
+    coords = np.stack([unique_keys // (span[1] * span[2]), (unique_keys // span[2]) % span[1],
+                       unique_keys % span[2]], 1) + low
+    return coords, inverse.reshape(-1)
+
+
 def voxelize(
     xyz: np.ndarray,
     feats: np.ndarray,
@@ -87,8 +104,7 @@ def voxelize(
     if not np.isfinite(xyz).all():
         raise ValueError("xyz holds NaN or infinite coordinates; drop invalid points before voxelising")
     grid = np.floor(xyz / voxel_size).astype(np.int64)
-    coords, inverse = np.unique(grid, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
+    coords, inverse = _unique_rows(grid)
     counts = np.bincount(inverse, minlength=len(coords)).astype(np.float32)
     summed = np.zeros((len(coords), feats.shape[1]), dtype=np.float64)
     np.add.at(summed, inverse, feats)

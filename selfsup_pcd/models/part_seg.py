@@ -83,9 +83,11 @@ def _dgcnn_features(enc: DGCNNEncoder, points: Tensor) -> EncoderFeatures:
     return EncoderFeatures(h, linear_bn_act_max(h, conv.weight, None, bn, act.negative_slope))
 
 
-def _dgcnn_semseg_features(enc: DGCNNSemsegEncoder, points: Tensor) -> EncoderFeatures:
-    """The layers of ``DGCNNSemsegEncoder.forward``, keeping the three block outputs."""
-    x1 = _edge_mlp_max(points, knn(points[..., :3], enc.k), enc.conv1, enc.conv2)
+def dgcnn_semseg_features(enc: DGCNNSemsegEncoder, points: Tensor,
+                          knn_channels: slice = slice(0, 3)) -> EncoderFeatures:
+    """The layers of ``DGCNNSemsegEncoder.forward`` keeping the three block outputs (skips, 192), the first kNN
+    on ``points[..., knn_channels]`` (the encoder's own forward: xyz; semantic segmentation: 6:9)."""
+    x1 = _edge_mlp_max(points, knn(points[..., knn_channels].contiguous(), enc.k), enc.conv1, enc.conv2)
     x2 = _edge_mlp_max(x1, knn(x1, enc.k), enc.conv3, enc.conv4)
     x3 = edge_conv_bn_act_max(x2, knn(x2, enc.k), enc.conv5[0].weight, enc.conv5[1], SLOPE)
     h = torch.cat([x1, x2, x3], dim=-1)
@@ -95,7 +97,7 @@ def _dgcnn_semseg_features(enc: DGCNNSemsegEncoder, points: Tensor) -> EncoderFe
 _EXTRACTORS: dict[type, Callable[[nn.Module, Tensor], EncoderFeatures]] = {
     PointNetEncoder: _pointnet_features,
     DGCNNEncoder: _dgcnn_features,
-    DGCNNSemsegEncoder: _dgcnn_semseg_features,
+    DGCNNSemsegEncoder: dgcnn_semseg_features,
 }
 
 

@@ -6,7 +6,24 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
-from torch import Tensor
+from torch import Tensor, nn
+
+from selfsup_pcd.checkpoints import CheckpointError
+from selfsup_pcd.transfer import NetworkTransferReport, transfer_into
+
+
+def load_pretrained(network: nn.Module, pretrained: str, transfer_mode: str,
+                    allow_partial_load: bool) -> NetworkTransferReport:
+    """Transfers an encoder checkpoint into ``network.backbone``, prints the report, and refuses an empty or
+    (unless ``allow_partial_load``) partial transfer."""
+    report = transfer_into(network, pretrained, transfer_mode)
+    print(report.summary())
+    if not report.loaded_layers and not report.tensors.loaded:
+        raise CheckpointError(f"nothing could be transferred.\n{report.summary()}")
+    if not report.complete and not allow_partial_load:
+        raise CheckpointError("the encoder was only partly transferred; set allow_partial_load=true to "
+                              f"accept it.\n{report.summary()}")
+    return report
 
 
 class SupervisedTask(pl.LightningModule):

@@ -16,13 +16,12 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from selfsup_pcd.checkpoints import CheckpointError
 from selfsup_pcd.metrics import accuracy_from_confusion
 from selfsup_pcd.metrics.segmentation import PartSegmentationIoU, restrict_to_category
 from selfsup_pcd.models.part_seg import PartSegNetwork
-from selfsup_pcd.tasks.base import SupervisedTask
+from selfsup_pcd.tasks.base import SupervisedTask, load_pretrained
 from selfsup_pcd.tasks.losses import orthogonality_penalty, smoothed_cross_entropy
-from selfsup_pcd.transfer import TRANSFER_MODES, transfer_into
+from selfsup_pcd.transfer import TRANSFER_MODES
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +80,7 @@ class PartSegmentationTask(SupervisedTask):
         self.num_parts = sum(self.parts_per_category)
         self.network = PartSegNetwork(backbone, head, num_classes, self.num_parts, input_transform, transform_k)
         if pretrained:
-            self.transfer_report = transfer_into(self.network, pretrained, transfer_mode)
-            print(self.transfer_report.summary())
-            if not self.transfer_report.loaded_layers and not self.transfer_report.tensors.loaded:
-                raise CheckpointError(f"nothing could be transferred.\n{self.transfer_report.summary()}")
-            if not self.transfer_report.complete and not allow_partial_load:
-                raise CheckpointError("the encoder was only partly transferred; set allow_partial_load=true to "
-                                      f"accept it.\n{self.transfer_report.summary()}")
+            self.transfer_report = load_pretrained(self.network, pretrained, transfer_mode, allow_partial_load)
         if freeze_backbone:
             self.backbone.requires_grad_(False)
         self.optimizer_factory = optimizer

@@ -77,7 +77,7 @@ class BasicBlock(nn.Module):
 class Res16UNet(nn.Module):
     """Sparse U-Net on ``ME.SparseTensor`` input; see the module docstring for the layout."""
 
-    def __init__(self, in_channels: int, out_channels: int, arch: str = "Res16UNet34C",
+    def __init__(self, in_channels: int, out_channels: int | None, arch: str = "Res16UNet34C",
                  conv1_kernel_size: int = 3, bn_momentum: float = 0.02, dimension: int = 3) -> None:
         super().__init__()
         if arch not in ARCHITECTURES:
@@ -108,7 +108,9 @@ class Res16UNet(nn.Module):
             skip = skips[3 - i]
             setattr(self, f"block{5 + i}", self._stage(planes + skip, planes, spec.layers[4 + i], m, D))
             inplanes = planes
-        self.final = conv(inplanes, out_channels, kernel_size=1, stride=1, bias=True, dimension=D)
+        # no ``final`` when pretraining: a head on ``features`` replaces it, and an unused layer would get no gradient
+        self.final = None if out_channels is None else conv(inplanes, out_channels, kernel_size=1, bias=True,
+                                                            dimension=D)
         self.relu = ME.MinkowskiReLU(inplace=True)
 
     @staticmethod
@@ -132,15 +134,19 @@ class Res16UNet(nn.Module):
         return out
 
     def forward(self, x: ME.SparseTensor) -> ME.SparseTensor:
-        return self.final(self.features(x))
+        out = self.features(x)
+        return out if self.final is None else self.final(out)
 
 
 class SRUNet(nn.Module):
     """A :class:`Res16UNet` on plain tensors: ``coords`` (M, 4) int32 ``[batch, x, y, z]`` voxel indices (as
     ``selfsup_pcd.data.voxelize.collate_voxels`` makes them) and ``feats`` (M, C) -> (M, out_channels), rows in
-    the input order. Keeps Lightning modules and data free of MinkowskiEngine types."""
+    the input order. Keeps Lightning modules and data free of MinkowskiEngine types.
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 20, arch: str = "Res16UNet34C",
+    ``out_channels=None`` (pretraining) leaves out the final 1×1×1 layer: the output is the decoder features,
+    and ``point_dim``/``out_dim`` (what pretraining heads read, as on the point backbones) are their width."""
+
+    def __init__(self, in_channels: int = 3, out_channels: int | None = 20, arch: str = "Res16UNet34C",
                  conv1_kernel_size: int = 3, bn_momentum: float = 0.02) -> None:
         super().__init__()
         self.net = Res16UNet(in_channels, out_channels, arch, conv1_kernel_size, bn_momentum)
@@ -148,6 +154,8 @@ class SRUNet(nn.Module):
     @property
     def feature_dim(self) -> int:
         return self.net.feature_dim
+
+    point_dim = out_dim = feature_dim
 
     @staticmethod
     def _sparse(coords: Tensor, feats: Tensor) -> ME.SparseTensor:
