@@ -156,11 +156,24 @@ class MVR(PretrainMethod):
             return feats, target
 
     # -- losses ----------------------------------------------------------------------------------
+    def student_embeddings(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(projected embeddings of the paired points (B, P, proj), projected global feature (B, proj),
+        PointNet feature transform or None). A student with another input (voxels) overrides this."""
+        index = batch["pairs"][..., 3].unsqueeze(-1)
+        out = self.backbone(batch["points"], return_point_features=True)
+        if self.point_head_on == "all":
+            projected = self.point_project(out.point_feat)
+            point = projected.gather(1, index.expand(-1, -1, projected.shape[-1]))
+        else:
+            picked = out.point_feat.gather(1, index.expand(-1, -1, out.point_feat.shape[-1]))
+            point = self.point_project(picked)
+        return point, self.global_project(out.global_feat), out.feature_transform
+
     def losses(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Every loss term of one batch and their weighted sum ``loss``."""
         pairs = batch["pairs"]
         batch_size, num_pairs, _ = pairs.shape
-        out = self.backbone(batch["points"], return_point_features=True)
+        point, global_feat, feature_transform = self.student_embeddings(batch)
         feats, target = self.teacher_outputs(batch)
         num_views = feats.shape[0] // batch_size
         image_size = tuple(int(s) for s in batch["image_size"])
@@ -168,19 +181,12 @@ class MVR(PretrainMethod):
         view = pairs[..., 0] + num_views * torch.arange(batch_size, device=pairs.device).unsqueeze(1)
         pixel = self.pixel_head(feats, view.reshape(-1), pairs[..., 1].reshape(-1), pairs[..., 2].reshape(-1),
                                 image_size).view(batch_size, num_pairs, -1)
-        index = pairs[..., 3].unsqueeze(-1)
-        if self.point_head_on == "all":
-            projected = self.point_project(out.point_feat)
-            point = projected.gather(1, index.expand(-1, -1, projected.shape[-1]))
-        else:
-            picked = out.point_feat.gather(1, index.expand(-1, -1, out.point_feat.shape[-1]))
-            point = self.point_project(picked)
         terms = {
             "loss_point": nt_xent(point, pixel, self.temperature),
-            "loss_global": F.mse_loss(self.global_project(out.global_feat), target.detach()),
+            "loss_global": F.mse_loss(global_feat, target.detach()),
         }
-        if out.feature_transform is not None:
-            terms["loss_reg"] = orthogonality_penalty(out.feature_transform, self.reg_reduction)
+        if feature_transform is not None:
+            terms["loss_reg"] = orthogonality_penalty(feature_transform, self.reg_reduction)
         weights = {"loss_point": "point", "loss_global": "global", "loss_reg": "reg"}
         terms["loss"] = sum(self.loss_weights[weights[name]] * value for name, value in terms.items())
         return terms
