@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 from torch import Tensor, nn
 
 from selfsup_pcd.checkpoints import CheckpointError
-from selfsup_pcd.transfer import NetworkTransferReport, transfer_into
+from selfsup_pcd.transfer import TRANSFER_MODES, NetworkTransferReport, transfer_into
 
 
 def load_pretrained(network: nn.Module, pretrained: str, transfer_mode: str,
@@ -44,6 +44,17 @@ class SupervisedTask(pl.LightningModule):
     def __init__(self) -> None:
         super().__init__()
         self.best_value = 0.0
+
+    def init_encoder(self, target: nn.Module, pretrained: str | None, transfer_mode: str, allow_partial_load: bool,
+                     freeze_backbone: bool) -> None:
+        """Copies a pretrained encoder into ``target.backbone`` (report in ``transfer_report``), then freezes
+        ``self.backbone`` when asked: the fine-tuning options every downstream task takes."""
+        if transfer_mode not in TRANSFER_MODES:
+            raise ValueError(f"transfer_mode must be one of {TRANSFER_MODES}, got {transfer_mode!r}")
+        self.transfer_report = (load_pretrained(target, pretrained, transfer_mode, allow_partial_load)
+                                if pretrained else None)
+        if freeze_backbone:
+            self.backbone.requires_grad_(False)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return self._step(batch, "train")

@@ -19,9 +19,8 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from selfsup_pcd.metrics import accuracy_from_confusion
 from selfsup_pcd.metrics.segmentation import PartSegmentationIoU, restrict_to_category
 from selfsup_pcd.models.part_seg import PartSegNetwork
-from selfsup_pcd.tasks.base import SupervisedTask, load_pretrained
+from selfsup_pcd.tasks.base import SupervisedTask
 from selfsup_pcd.tasks.losses import orthogonality_penalty, smoothed_cross_entropy
-from selfsup_pcd.transfer import TRANSFER_MODES
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +71,12 @@ class PartSegmentationTask(SupervisedTask):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "head", "optimizer", "scheduler"])
-        if transfer_mode not in TRANSFER_MODES:
-            raise ValueError(f"transfer_mode must be one of {TRANSFER_MODES}, got {transfer_mode!r}")
         self.parts_per_category = list(parts_per_category) if parts_per_category else _default_parts(num_classes)
         if len(self.parts_per_category) != num_classes:
             raise ValueError(f"{num_classes} categories but parts_per_category has {len(self.parts_per_category)}")
         self.num_parts = sum(self.parts_per_category)
         self.network = PartSegNetwork(backbone, head, num_classes, self.num_parts, input_transform, transform_k)
-        if pretrained:
-            self.transfer_report = load_pretrained(self.network, pretrained, transfer_mode, allow_partial_load)
-        if freeze_backbone:
-            self.backbone.requires_grad_(False)
+        self.init_encoder(self.network, pretrained, transfer_mode, allow_partial_load, freeze_backbone)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.iou = nn.ModuleDict({f"{s}_iou": PartSegmentationIoU(self.parts_per_category) for s in STAGES})

@@ -39,9 +39,8 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from selfsup_pcd.data.voxelize import IGNORE_INDEX
 from selfsup_pcd.metrics.segmentation import RoomVotes, SemsegScores, semseg_scores
-from selfsup_pcd.tasks.base import SupervisedTask, load_pretrained
+from selfsup_pcd.tasks.base import SupervisedTask
 from selfsup_pcd.tasks.losses import orthogonality_penalty, smoothed_cross_entropy
-from selfsup_pcd.transfer import TRANSFER_MODES
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +107,6 @@ class SemanticSegmentationTask(SupervisedTask):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "network", "optimizer", "scheduler"])
-        if transfer_mode not in TRANSFER_MODES:
-            raise ValueError(f"transfer_mode must be one of {TRANSFER_MODES}, got {transfer_mode!r}")
         if metric_level not in POINT_LEVELS:
             raise ValueError(f"metric_level must be one of {POINT_LEVELS}, got {metric_level!r}")
         if voxel_metric_level not in VOXEL_LEVELS:
@@ -117,11 +114,8 @@ class SemanticSegmentationTask(SupervisedTask):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.network = backbone if network is None else network(backbone=backbone, num_classes=num_classes)
-        if pretrained:
-            target = self.network if hasattr(self.network, "backbone") else _Holder(self.network)
-            self.transfer_report = load_pretrained(target, pretrained, transfer_mode, allow_partial_load)
-        if freeze_backbone:
-            self.backbone.requires_grad_(False)
+        target = self.network if hasattr(self.network, "backbone") else _Holder(self.network)
+        self.init_encoder(target, pretrained, transfer_mode, allow_partial_load, freeze_backbone)
         self.optimizer_factory = optimizer if optimizer is not None else default_optimizer
         self.scheduler_factory = scheduler
         make = functools.partial(MulticlassConfusionMatrix, num_classes, ignore_index=ignore_index)

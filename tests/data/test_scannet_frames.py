@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _frames import write_rendered_frames
 from scipy.spatial import cKDTree
 
 from selfsup_pcd.data.errors import DataFormatError, DatasetLayoutError
@@ -52,17 +53,8 @@ def module(root, **kwargs) -> ScanNetFramesDataModule:
 # -- temporal views of a rendered static scene -----------------------------------------------------
 @pytest.fixture(scope="module")
 def rendered_root(tmp_path_factory):
-    try:
-        from selfsup_pcd.data.synthetic.scenes import make_scene
-        from selfsup_pcd.data.synthetic.sequences import make_sequence
-        from selfsup_pcd.render.backend import import_pyrender
-
-        import_pyrender()
-    except Exception as err:  # no OpenGL back end here
-        pytest.skip(f"renderer not usable: {type(err).__name__}: {err}")
     root = tmp_path_factory.mktemp("frames")
-    seq = make_sequence(make_scene(3), 24, width=320, height=240, fov_deg=60, seed=0)
-    write_scannet_frames(root, "scene0000_00", seq.color, seq.depth_mm, seq.poses, seq.K)
+    seq = write_rendered_frames(root, 24, 320, 240)
     return root, seq
 
 

@@ -7,25 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _frames import write_rendered_frames
 
 from selfsup_pcd.data.scannet_frame_views import ScanNetFrameViewsDataModule, frame_overlap
-from selfsup_pcd.data.synthetic.scenes import make_scene
-from selfsup_pcd.data.writers.scannet_frames import write_scannet_frames
 
 
 @pytest.fixture(scope="module")
 def frames_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from selfsup_pcd.data.synthetic.sequences import make_sequence
-    from selfsup_pcd.render.backend import import_pyrender
-
-    try:
-        import_pyrender()
-    except Exception as err:  # no OpenGL back end here
-        pytest.skip(f"renderer not usable: {type(err).__name__}: {err}")
-
     root = tmp_path_factory.mktemp("scene_mvr")
-    seq = make_sequence(make_scene(3), 10, width=160, height=120, fov_deg=60, seed=0)
-    write_scannet_frames(root, "scene0000_00", seq.color, seq.depth_mm, seq.poses, seq.K)
+    write_rendered_frames(root, 10, 160, 120)
     return root
 
 
