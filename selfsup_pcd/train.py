@@ -16,6 +16,7 @@ import hydra
 from omegaconf import DictConfig, open_dict
 
 import selfsup_pcd  # noqa: F401  (sets allocator environment before torch loads)
+from selfsup_pcd.sweeps import finish_wandb_run, name_sweep_job
 from selfsup_pcd.utils.hydra import CONFIG_DIR
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
 
     pl.seed_everything(cfg.seed, workers=True)
+    name_sweep_job(cfg)  # multirun: one wandb group per sweep, one numbered run per job
     output_dir = Path(cfg.paths.output_dir)
     resume = resolve_resume_checkpoint(cfg.get("ckpt_path"), output_dir, cfg.get("auto_resume", True))
     if resume and cfg.get("logger") and "wandb" in cfg.logger:
@@ -86,9 +88,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    with finish_wandb_run():  # also when the job fails: the next job of a sweep must not log into its run
+        metrics = train(cfg)
     optimized = cfg.get("optimized_metric")
-    return metrics.get(optimized) if optimized else None
+    if optimized and optimized not in metrics:
+        raise KeyError(f"optimized_metric {optimized!r} was not logged; logged: {', '.join(sorted(metrics))}")
+    return metrics[optimized] if optimized else None
 
 
 if __name__ == "__main__":

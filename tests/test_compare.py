@@ -196,3 +196,55 @@ def test_missing_key_config_or_runs_are_errors_naming_them(tmp_path, capsys) -> 
     (sweep / "2" / ".hydra" / "config.yaml").write_text("a: [unclosed\n")
     assert main([str(sweep / "2"), "--group-by", "seed"]) == 2
     assert f"{sweep / '2' / '.hydra' / 'config.yaml'}: not a readable config" in capsys.readouterr().err
+
+
+# ---- curves: --plot from Lightning CSV logs ------------------------------------------------------------------------
+
+def write_csv_log(run, rows: list[dict]) -> None:
+    """A Lightning CSVLogger file: one column per key, cells a row did not log left empty."""
+    columns = sorted({k for row in rows for k in row}, key=lambda k: (k not in ("epoch", "step"), k))
+    lines = [",".join(columns)] + [",".join(str(row.get(c, "")) for c in columns) for row in rows]
+    (run / "csv").mkdir()
+    (run / "csv" / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+
+def png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_plot_mean_and_std_band_per_group_from_csv_logs(tmp_path, capsys) -> None:
+    from selfsup_pcd.compare import PANEL_PX, LocalRun, group_curves, plot_size
+
+    sweep = write_sweep(tmp_path)
+    for job in sorted(p for p in sweep.iterdir() if p.is_dir()):
+        k = int(job.name)
+        # val/oa once per epoch; train/loss twice per epoch (per step); epoch 2 only in job 3
+        rows = [{"epoch": e, "step": 10 * e + 4, "val/oa": 0.1 * (e + 1) + 0.01 * k} for e in range(2 + (k == 3))]
+        rows += [{"epoch": e, "step": 10 * e + s, "train/loss": float(k + e + s)} for e in range(2) for s in (1, 3)]
+        write_csv_log(job, rows)
+    groups = {"t=0.1": [LocalRun(sweep / "0"), LocalRun(sweep / "1")],
+              "t=0.5": [LocalRun(sweep / "2"), LocalRun(sweep / "3")]}
+    curves = group_curves(groups, ["val/oa", "train/loss"], "epoch")
+    low, high = curves["val/oa"]["t=0.1"], curves["val/oa"]["t=0.5"]
+    assert low.x == [0.0, 1.0] and low.mean == pytest.approx([0.105, 0.205]) and low.n == [2, 2]
+    assert low.std == pytest.approx([0.01 / 2 ** 0.5] * 2)
+    assert high.x == [0.0, 1.0, 2.0] and high.n == [2, 2, 1] and high.std[2] is None  # one run: no band
+    # per-step values are averaged within the epoch of each run first: job 0, epoch 1 -> (2 + 4) / 2
+    assert curves["train/loss"]["t=0.1"].mean == pytest.approx([(2.0 + 3.0) / 2, (3.0 + 4.0) / 2])
+    assert group_curves(groups, ["val/oa"], "step")["val/oa"]["t=0.1"].x == [4.0, 14.0]
+
+    png = tmp_path / "out" / "curves.png"
+    assert main([str(sweep), "--group-by", "method.temperature", "--metric", "val/oa", "--metric", "loss",
+                 "--plot", str(png)]) == 0
+    assert "train/loss" in capsys.readouterr().out             # metrics.json's train/loss row
+    assert png_size(png) == plot_size(2) == (2 * PANEL_PX[0], PANEL_PX[1])
+    assert plot_size(4) == (3 * PANEL_PX[0], 2 * PANEL_PX[1])  # three panels a row
+
+
+def test_plot_without_any_history_is_an_error(tmp_path, capsys) -> None:
+    sweep = write_sweep(tmp_path)
+    assert main([str(sweep), "--plot", str(tmp_path / "c.png")]) == 2
+    assert "--plot: no run has a logged history" in capsys.readouterr().err
+    assert not (tmp_path / "c.png").exists()
