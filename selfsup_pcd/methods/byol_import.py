@@ -4,7 +4,10 @@ Two inputs: the Lightning checkpoint of a pretraining run (``state_dict`` keys `
 ``online_network.projector.*``, ``online_network.predictor.*``, ``target_network.*``) and the output of
 ``BYOL/transform_ckpt.py`` (``{"state_dict": <online backbone keys without the prefix>}``). STRL's DGCNN
 encoders already use this project's names (``convX.0`` / ``convX.1``) plus ``bnX`` aliases of the BN layers,
-which are dropped; its PointNet names ``conv1..5`` / ``bn1..5`` are mapped onto ``mlp1`` / ``mlp2``.
+which are dropped; its PointNet names ``conv1..5`` / ``bn1..5`` are mapped onto ``mlp1`` / ``mlp2``. Its VoteNet
+PointNet++ backbone already uses VoteNet's names (``sa1..sa4`` / ``fp1``, ``fp2``, as
+:class:`~selfsup_pcd.models.backbones.pointnet2.PointNet2Backbone`): those are kept, with any prefix before them
+(``online_network.``, ``backbone_net.`` of ``transform_ckpt_votenet.py`` exports) removed; ``sa_aggre`` is dropped.
 
 ``python -m selfsup_pcd.methods.byol_import CKPT OUT.pt [--k 40]`` writes the online backbone in the
 project's backbone format (loaded by every task); :func:`strl_byol_state` maps a whole run onto
@@ -22,7 +25,7 @@ from torch import Tensor, nn
 
 from selfsup_pcd.checkpoints import CheckpointError, read_state_dict, save_backbone
 
-NETWORKS = ("pointnet", "dgcnn", "dgcnn_semseg")
+NETWORKS = ("pointnet", "dgcnn", "dgcnn_semseg", "votenet")
 ONLINE_PREFIXES = ("online_network.", "online_netwrok.")  # transform_ckpt.py accepts the typo too
 TARGET_PREFIX = "target_network."
 # STRL PointNet: conv1..conv5 / bn1..bn5 -> PointNetEncoder(mlp1=[64, 64], mlp2=[64, 128, emb])
@@ -31,6 +34,8 @@ POINTNET_NAMES = {
     "conv3": "mlp2.0", "bn3": "mlp2.1", "conv4": "mlp2.3", "bn4": "mlp2.4", "conv5": "mlp2.6", "bn5": "mlp2.7",
 }  # fmt: skip
 _BN_ALIAS = re.compile(r"^bn\d+\.")
+# VoteNet PointNet++: sa1..saN / fp1..fpM, after an optional prefix (backbone_net., backbone., ...)
+_VOTENET_KEY = re.compile(r"^(?:[\w.]*?\.)?((?:sa|fp)\d+\..+)$")
 
 
 def split_network(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
@@ -49,7 +54,9 @@ def online_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def detect_network(backbone_state: Mapping[str, Tensor]) -> str:
-    """'pointnet', 'dgcnn' or 'dgcnn_semseg' from the backbone's keys."""
+    """'pointnet', 'dgcnn', 'dgcnn_semseg' or 'votenet' from the backbone's keys."""
+    if any((m := _VOTENET_KEY.match(k)) and m.group(1).startswith("sa1.") for k in backbone_state):
+        return "votenet"
     if "conv6.0.weight" in backbone_state:
         return "dgcnn_semseg"
     if "conv1.0.weight" in backbone_state:
@@ -66,7 +73,11 @@ def backbone_to_project(backbone_state: Mapping[str, Tensor], network: str | Non
     for key, value in backbone_state.items():
         if key.startswith(("projector.", "predictor.")):
             continue
-        if network == "pointnet":
+        if network == "votenet":
+            match = _VOTENET_KEY.match(key)
+            if match:
+                out[match.group(1)] = value
+        elif network == "pointnet":
             layer, _, rest = key.partition(".")
             if layer in POINTNET_NAMES:
                 out[f"{POINTNET_NAMES[layer]}.{rest}"] = value
@@ -97,6 +108,20 @@ def build_backbone(network: str, backbone_state: Mapping[str, Tensor], k: int | 
     """The project encoder matching an imported STRL backbone (dimensions read from the tensors)."""
     from selfsup_pcd.models.backbones import DGCNNEncoder, PointNetEncoder
     from selfsup_pcd.models.backbones.dgcnn_semseg import DGCNNSemsegEncoder
+    from selfsup_pcd.models.backbones.pointnet2 import PointNet2Backbone
+
+    if network == "votenet":  # widths from the tensors; points, radii and samples are VoteNet's
+        def widths(module: str) -> list[int]:
+            out, j = [], 0
+            while f"{module}.layer{j}.conv.weight" in backbone_state:
+                out.append(backbone_state[f"{module}.layer{j}.conv.weight"].shape[0])
+                j += 1
+            return out
+
+        num_fp = sum(1 for key in backbone_state if re.match(r"^fp\d+\.mlp\.layer0\.conv\.weight$", key))
+        return PointNet2Backbone(in_channels=backbone_state["sa1.mlp_module.layer0.conv.weight"].shape[1] - 3,
+                                 sa_mlps=[widths(f"sa{i}.mlp_module") for i in range(1, 5)],
+                                 fp_mlps=[widths(f"fp{j}.mlp") for j in range(1, num_fp + 1)])
 
     if network == "pointnet":
         emb = backbone_state["mlp2.6.weight"].shape[0]
