@@ -1,0 +1,1 @@
+"""3D object detection networks (VoteNet)."""
