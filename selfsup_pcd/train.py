@@ -4,7 +4,8 @@ Composes ``conf/train.yaml``; builds the datamodule and the LightningModule from
 pretraining ``method`` when one is chosen, else the downstream ``task`` on ``model.backbone``); trains; tests
 the last-epoch task weights; exports the backbone to ``<run dir>/backbone.pt`` (a method may export more, e.g.
 a 2D teacher) and writes ``<run dir>/metrics.json``. Re-running in a run directory that holds
-``checkpoints/last.ckpt`` resumes it.
+``checkpoints/last.ckpt`` resumes it; re-running a named sweep (``-m sweep_name=NAME ...``) also skips its finished
+jobs (:class:`selfsup_pcd.sweeps.SweepJob`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import hydra
 from omegaconf import DictConfig, open_dict
 
 import selfsup_pcd  # noqa: F401  (sets allocator environment before torch loads)
-from selfsup_pcd.sweeps import finish_wandb_run, name_sweep_job
+from selfsup_pcd.sweeps import SweepJob, finish_wandb_run, name_sweep_job
 from selfsup_pcd.utils.hydra import CONFIG_DIR
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from pytorch_lightning.loggers import WandbLogger
 
     from selfsup_pcd.checkpoints import save_backbone
-    from selfsup_pcd.utils.callbacks import WandbRunIdCheckpoint
+    from selfsup_pcd.utils.callbacks import WandbRunIdCheckpoint, kill_hook_from_env
     from selfsup_pcd.utils.hydra import instantiate_group
     from selfsup_pcd.utils.run import (
         checkpoint_entry,
@@ -58,7 +59,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     else:
         module = instantiate(cfg.task, backbone=instantiate(cfg.model.backbone), num_classes=datamodule.num_classes)
     loggers = instantiate_group(cfg.get("logger"))
-    trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=loggers or False)
+    callbacks = [*instantiate_group(cfg.get("callbacks")), *kill_hook_from_env()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(config_as_dict(cfg))
 
@@ -88,8 +90,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    with finish_wandb_run():  # also when the job fails: the next job of a sweep must not log into its run
-        metrics = train(cfg)
+    job = SweepJob.current()  # multirun: a finished job of a re-run sweep is skipped (its recorded metrics)
+    metrics = job.start() if job else None
+    if metrics is None:
+        with finish_wandb_run():  # also when the job fails: the next job of a sweep must not log into its run
+            metrics = train(cfg)
+        if job:
+            job.finish(metrics)
     optimized = cfg.get("optimized_metric")
     if optimized and optimized not in metrics:
         raise KeyError(f"optimized_metric {optimized!r} was not logged; logged: {', '.join(sorted(metrics))}")

@@ -1,7 +1,10 @@
-"""Callbacks that make a resumed run continue exactly where the interrupted one stopped."""
+"""Callbacks that make a resumed run continue exactly where the interrupted one stopped (and one that interrupts a
+run at a known point, for the tests)."""
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
 import numpy as np
@@ -48,3 +51,35 @@ class WandbRunIdCheckpoint(pl.Callback):
 
 def wandb_run_id_of(checkpoint: dict[str, Any]) -> str | None:
     return checkpoint.get(WandbRunIdCheckpoint.KEY)
+
+
+TEST_KILL_ENV = "SELFSUP_PCD_TEST_KILL"
+
+
+class KillAtEpoch(pl.Callback):
+    """SIGKILLs this process at the first training batch of ``epoch``: an interruption at a known point, after the
+    checkpoints of the epochs before it, for the sweep-resume test (no cleanup runs, as with a real kill)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if trainer.current_epoch >= self.epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_hook_from_env() -> list[pl.Callback]:
+    """Test hook: ``SELFSUP_PCD_TEST_KILL=JOB:EPOCH`` kills multirun job number JOB when it reaches EPOCH (0-based).
+
+    An environment variable, not a config key, so that the killed sweep and its re-run are the same command.
+    """
+    spec = os.environ.get(TEST_KILL_ENV)
+    if not spec:
+        return []
+    from hydra.core.hydra_config import HydraConfig
+
+    job, epoch = (int(part) for part in spec.split(":"))
+    if HydraConfig.initialized() and HydraConfig.get().job.get("num") == job:
+        return [KillAtEpoch(epoch)]
+    return []
