@@ -176,6 +176,22 @@ class SRUNet(nn.Module):
         return self.net.features(x).F[x.inverse_mapping]
 
 
+def add_classifier(backbone: SRUNet, num_classes: int) -> SRUNet:
+    """``backbone`` (built with ``out_channels=None``) given its final 1×1×1 convolution to ``num_classes``, in
+    place; returns it. The segmentation task calls ``network(backbone=, num_classes=)`` with the datamodule's
+    class count, so ``conf/model/srunet.yaml`` gets its classes as the point networks do. The result is the
+    same module as ``SRUNet(..., out_channels=num_classes)`` (same parameter names)."""
+    if not isinstance(backbone, SRUNet):
+        raise TypeError(f"add_classifier needs an SRUNet, got {type(backbone).__name__}")
+    if backbone.net.final is not None:
+        raise ValueError(f"this SR-UNet already has a final layer ({backbone.net.out_channels} classes); build it "
+                         "with out_channels=None")
+    backbone.net.final = ME.MinkowskiConvolution(backbone.feature_dim, num_classes, kernel_size=1, bias=True,
+                                                 dimension=3)
+    backbone.net.out_channels = num_classes
+    return backbone
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
