@@ -12,12 +12,14 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
 from selfsup_pcd.utils.hydra import CONFIG_DIR, register_resolvers
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+# what a user must give (`???` in the experiment): a value that composes
+REQUIRED = {"det_strl_votenet_scannet": ["task.pretrained=/pretrained/backbone.pt"]}
 
 
 def compose_experiment(name: str, tmp_path: Path):
@@ -25,7 +27,8 @@ def compose_experiment(name: str, tmp_path: Path):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={name}", f"paths.log_dir={tmp_path}",
-                                          f"paths.cache_dir={tmp_path}"], return_hydra_config=True)
+                                          f"paths.cache_dir={tmp_path}", *REQUIRED.get(name, [])],
+                      return_hydra_config=True)
     return cfg
 
 
@@ -53,3 +56,28 @@ def test_experiment_builds_its_optimiser_scheduler_and_backbone(name: str, tmp_p
     if backbone_cfg is not None:
         backbone = instantiate(backbone_cfg)
         assert sum(p.numel() for p in backbone.parameters()) > 0
+        if not cfg.get("method") and cfg.task._target_.endswith("SemanticSegmentationTask"):
+            check_semseg_network(cfg, backbone)
+    if str(cfg.get("task", {}).get("_target_", "")).endswith("DetectionTask") and not cfg.get("method"):
+        # what DetectionTask.setup checks against the datamodule, caught without data
+        data = get_class(cfg.data._target_)
+        assert cfg.task.num_heading_bins == data.num_heading_bins
+        assert cfg.model.backbone.in_channels == 3 * cfg.data.use_color + int(cfg.data.use_height)
+
+
+def check_semseg_network(cfg, backbone: torch.nn.Module, num_classes: int = 5) -> None:
+    """The task's network takes the batches of the experiment's data mode and gives ``num_classes`` logits."""
+    factory = instantiate(cfg.task.network) if cfg.task.get("network") else None
+    network = (factory(backbone=backbone, num_classes=num_classes) if factory else backbone).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        if cfg.data.mode == "voxels":
+            cells = torch.randperm(8**3)[:60]
+            coords = torch.stack([torch.zeros_like(cells), cells // 64, (cells // 8) % 8, cells % 8], 1).int()
+            in_channels = cfg.model.backbone.in_channels
+            logits = network(coords, torch.rand(len(coords), in_channels))
+            assert logits.shape == (len(coords), num_classes)
+        else:
+            out = network(torch.rand(2, 64, 9))
+            logits = out[0] if isinstance(out, tuple) else out
+            assert logits.shape == (2, 64, num_classes)

@@ -8,6 +8,17 @@ them with ``DetectionMAP``: ``<stage>/map_25`` and ``<stage>/map_50`` (mAP at Io
 ``<stage>/ap_25/<class>``. ``val/map_25_best`` is the best validation value over epochs; the reported figures are
 the last epoch's ``test/*`` (``eval.selection``-style best-on-test is not offered: quirk 1 of the spec).
 
+Pretrained weights (``pretrained``): a seed backbone (``PointNet2Backbone``, ``SRUNetSeeds``: anything with
+``input_layer_keys``) loads through ``models.backbones.pointnet2.load_pretrained``, SR-UNet checkpoints into
+``SRUNetSeeds.unet``, and the report is printed. Its input layer must fit: STRL pretrains on xyz only, so the
+detector needs ``in_channels=0`` (VoteNet's ``--no_height``); an xyz-only export into a height backbone is refused
+with that fix unless ``allow_partial_load`` (all but the input layer, reported). Other backbones go through
+``SupervisedTask.init_encoder``. At set-up the backbone's ``in_channels`` must equal the datamodule's
+``num_input_features`` (height / colour), so a mismatch fails before the first batch with the fix.
+
+ScanNet's boxes are axis-aligned (datamodule ``axis_aligned``): predicted boxes are then decoded with yaw 0, as
+VoteNet's ScanNet ``class2angle`` does, whatever the (trained towards 0) heading residual says.
+
 The size clusters (one mean size per class) come from the datamodule (``mean_sizes``, computed from the
 training boxes) at set-up and are kept in checkpoints, so a resumed or tested run decodes with the sizes it
 trained with. ``num_heading_bins`` must match the datamodule's (ScanNet 1, SUN RGB-D 12).
@@ -21,8 +32,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from selfsup_pcd.checkpoints import TransferReport
 from selfsup_pcd.data.boxes import decode_boxes
 from selfsup_pcd.metrics.detection import DetectionMAP, select_detections
+from selfsup_pcd.models.backbones.pointnet2 import load_pretrained as load_seed_backbone
 from selfsup_pcd.models.detection.votenet import VoteNet
 from selfsup_pcd.tasks.base import SupervisedTask
 from selfsup_pcd.tasks.votenet_loss import votenet_loss
@@ -36,8 +49,10 @@ def default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=1e-3)
 
 
-def decode_predictions(pred: dict[str, Tensor], num_heading_bins: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(boxes (B, K, 7), objectness probability (B, K), class probabilities (B, K, C)) of every proposal."""
+def decode_predictions(pred: dict[str, Tensor], num_heading_bins: int,
+                       axis_aligned: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """(boxes (B, K, 7), objectness probability (B, K), class probabilities (B, K, C)) of every proposal;
+    ``axis_aligned`` sets every yaw to 0 (ScanNet)."""
     heading_cls = pred["heading_scores"].argmax(-1)
     heading_res = pred["heading_residuals"].gather(-1, heading_cls.unsqueeze(-1)).squeeze(-1)
     size_cls = pred["size_scores"].argmax(-1)
@@ -45,8 +60,28 @@ def decode_predictions(pred: dict[str, Tensor], num_heading_bins: int) -> tuple[
     size_res = pred["size_residuals"].gather(2, index).squeeze(2)
     boxes = decode_boxes(pred["center"], heading_cls, heading_res, size_cls, size_res,
                          pred["mean_sizes"], num_heading_bins)
-    return (boxes.to(pred["center"].dtype), pred["objectness_scores"].softmax(-1)[..., 1],
+    boxes = boxes.to(pred["center"].dtype)
+    if axis_aligned:
+        boxes = torch.cat([boxes[..., :6], torch.zeros_like(boxes[..., 6:])], dim=-1)
+    return (boxes, pred["objectness_scores"].softmax(-1)[..., 1],
             pred["sem_cls_scores"].softmax(-1))
+
+
+def is_seed_backbone(backbone: nn.Module) -> bool:
+    """Seed backbones name their input layer, which is what the no_height rule of a pretrained load is about."""
+    return callable(getattr(backbone, "input_layer_keys", None))
+
+
+def load_pretrained_seeds(backbone: nn.Module, path: str, allow_input_mismatch: bool = False) -> TransferReport:
+    """Loads a pretrained export into a seed backbone and prints what was loaded, with the input features."""
+    report = load_seed_backbone(backbone, path, allow_input_mismatch=allow_input_mismatch)
+    channels = int(getattr(backbone, "in_channels", 0))
+    inputs = "xyz only (no_height)" if channels == 0 else f"xyz + {channels} feature(s) (height / colour)"
+    print(f"Pretrained {type(backbone).__name__} backbone, input {inputs}, from {path}:")
+    print(report.summary())
+    if report.missing:
+        print(f"  not loaded (initialised from scratch): {', '.join(report.missing)}")
+    return report
 
 
 def boxes_with_points(points: Tensor, boxes: Tensor) -> Tensor:
@@ -90,7 +125,14 @@ class DetectionTask(SupervisedTask):
                                vote_radius, vote_nsample)
         # set from the datamodule at set-up unless a checkpoint brings them (state dict loads after setup)
         self.register_buffer("sizes_from_data", torch.tensor(False))
-        self.init_encoder(self.network, pretrained, transfer_mode, allow_partial_load, freeze_backbone)
+        if pretrained and is_seed_backbone(backbone):
+            if transfer_mode != "remap":
+                raise ValueError(f"a seed backbone loads by name (transfer_mode=remap), got {transfer_mode!r}")
+            self.transfer_report = load_pretrained_seeds(backbone, pretrained, allow_partial_load)
+            if freeze_backbone:
+                self.backbone.requires_grad_(False)
+        else:
+            self.init_encoder(self.network, pretrained, transfer_mode, allow_partial_load, freeze_backbone)
         self.optimizer_factory = optimizer if optimizer is not None else default_optimizer
         self.scheduler_factory = scheduler
         self.post = {"nms_iou": nms_iou, "conf_threshold": conf_threshold, "per_class_nms": per_class_nms,
@@ -98,6 +140,7 @@ class DetectionTask(SupervisedTask):
         self.remove_empty_box = remove_empty_box
         self.maps = nn.ModuleDict({s: DetectionMAP(num_classes) for s in ("val", "test")})
         self.class_names: list[str] | None = None
+        self.axis_aligned = False
 
     @property
     def backbone(self) -> nn.Module:
@@ -111,7 +154,17 @@ class DetectionTask(SupervisedTask):
         if bins != self.num_heading_bins:
             raise ValueError(f"the datamodule encodes headings in {bins} bins but task.num_heading_bins="
                              f"{self.num_heading_bins}; set task.num_heading_bins={bins}")
+        features = getattr(datamodule, "num_input_features", None)
+        channels = getattr(self.backbone, "in_channels", None)
+        if features is not None and channels is not None and int(features) != int(channels):
+            raise ValueError(f"the datamodule gives {features} feature(s) after xyz (height / colour) but the backbone "
+                             f"takes in_channels={channels}; set model.backbone.in_channels={features} or change "
+                             "data.use_height / data.use_color (a pretrained xyz-only backbone needs 0: no_height)")
+        self.axis_aligned = bool(getattr(datamodule, "axis_aligned", False))
         self.class_names = list(getattr(datamodule, "class_names", []) or []) or None
+        if self.class_names is not None and len(self.class_names) == self.num_classes:
+            for metric in self.maps.values():
+                metric.class_names = list(self.class_names)
         if not bool(self.sizes_from_data) and hasattr(datamodule, "mean_sizes"):
             sizes = torch.as_tensor(datamodule.mean_sizes, dtype=torch.float32)
             self.network.proposal.mean_sizes.copy_(sizes)
@@ -135,7 +188,7 @@ class DetectionTask(SupervisedTask):
 
     @torch.no_grad()
     def _score(self, pred: dict[str, Tensor], batch: dict[str, Tensor], stage: str) -> None:
-        boxes, objectness, sem_probs = decode_predictions(pred, self.num_heading_bins)
+        boxes, objectness, sem_probs = decode_predictions(pred, self.num_heading_bins, self.axis_aligned)
         det_boxes, det_scores, det_classes = [], [], []
         for b in range(boxes.shape[0]):
             valid = boxes_with_points(batch["points"][b], boxes[b]) if self.remove_empty_box else None
