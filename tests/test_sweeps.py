@@ -281,7 +281,17 @@ def test_slurm_launcher_sizes_the_allocation_from_the_trainer(tmp_path, monkeypa
     assert re.search(r"^srun .* -m submitit\.core\._submit ", sbatch, re.M)
 
 
-def test_lightning_takes_its_ranks_from_slurm(tmp_path, monkeypatch) -> None:
+@pytest.fixture
+def restored_environ():
+    """Lightning's SLURM environment writes MASTER_ADDR / MASTER_PORT into os.environ itself; left behind, they send
+    every later DDP test's rank 1 to the fake node 'gpu07' (a hang), so the whole environment is put back."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def test_lightning_takes_its_ranks_from_slurm(tmp_path, monkeypatch, restored_environ) -> None:
     from lightning_fabric.plugins.environments import SLURMEnvironment
 
     # task 3 of `srun` on 2 nodes x 2 tasks: second task of the second node
