@@ -49,12 +49,6 @@ NETWORKS = {
 }
 
 
-@pytest.fixture()
-def mosd_root(shared_data):
-    root = shared_data / "mosd" / "learn"
-    if not root.is_dir():
-        pytest.skip(f"mOSD scans not found at {root} (shared/data/mosd/learn)")
-    return root
 
 
 def majority_baseline(labels: list[np.ndarray], majority: int = 0) -> tuple[float, int]:

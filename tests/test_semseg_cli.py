@@ -20,12 +20,6 @@ VOXEL = 0.05
 TRAIN, TEST = "learn0", "learn12"
 
 
-@pytest.fixture()
-def mosd_root(shared_data):
-    root = shared_data / "mosd" / "learn"
-    if not root.is_dir():
-        pytest.skip(f"mOSD scans not found at {root} (shared/data/mosd/learn)")
-    return root
 
 
 def test_mosd_semseg_cli_writes_consistent_test_metrics(mosd_root, tmp_path) -> None:

@@ -27,14 +27,7 @@ from selfsup_pcd.utils.hydra import CONFIG_DIR
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _cli import run_cli  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny clouds and FPS's many small ops: on a shared CPU, intra-op threads only wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = {"npoints": (64, 32, 16, 8), "nsamples": (8, 8, 8, 8),

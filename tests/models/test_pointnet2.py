@@ -10,14 +10,7 @@ from selfsup_pcd.checkpoints import CheckpointError, save_backbone
 from selfsup_pcd.models.backbones import pointnet2_ops as ops
 from selfsup_pcd.models.backbones.pointnet2 import PointNet2Backbone, SeedFeatures, load_pretrained
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """FPS is thousands of tiny ops and the test clouds are small: on a shared CPU, intra-op threads only wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SMALL = {"npoints": (128, 64, 32, 16), "radii": (0.2, 0.4, 0.8, 1.2), "nsamples": (16, 8, 8, 8),

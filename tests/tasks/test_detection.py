@@ -28,13 +28,7 @@ TINY = {"npoints": (64, 32, 16, 8), "nsamples": (8, 8, 8, 8),
         "sa_mlps": ((16, 16, 32), (32, 32, 32), (32, 32, 32), (32, 32, 32)), "fp_mlps": ((32, 32), (32, 32))}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors and FPS's many small ops: on a shared CPU, extra intra-op threads only wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def huber(x: float) -> float:
