@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from selfsup_pcd.data.base import PointCloudDataModule
 from selfsup_pcd.data.errors import DataFormatError, DatasetLayoutError
-from selfsup_pcd.data.writers.atomic import atomic_file
+from selfsup_pcd.data.h5_cache import H5SplitCache
 
 # Bump when the cache content or layout changes: old caches are then rebuilt.
 CACHE_FORMAT_VERSION = 1
@@ -257,45 +257,15 @@ class TxtLayout:
         return digest.hexdigest()
 
 
-class TxtCache:
+class TxtCache(H5SplitCache):
     """The one-time HDF5 cache of one txt split: ``points`` (S, R, 6), ``num_rows``, ``label``, ``id``."""
 
-    def __init__(self, layout: TxtLayout, split: str, cache_dir: Path) -> None:
-        self.layout, self.split, self.cache_dir = layout, split, cache_dir
-        root = layout.root.resolve()
-        tag = hashlib.sha256(str(root).encode()).hexdigest()[:12]
-        self.path = cache_dir / f"{root.name}-{tag}-{split}.h5"
+    dataset = "ModelNet40"
+    keys = frozenset(_CACHE_KEYS)
+    format_version = CACHE_FORMAT_VERSION
 
-    def _is_current(self, fingerprint: str) -> bool:
-        try:
-            with h5py.File(self.path, "r") as f:
-                return f.attrs.get("fingerprint") == fingerprint and set(f) >= _CACHE_KEYS
-        except OSError:  # absent, truncated or not HDF5: rebuild
-            return False
-
-    def ensure(self) -> Path:
-        """Path of an up-to-date cache, building it first when absent or stale."""
-        fingerprint = self.layout.fingerprint(self.split)
-        if not self._is_current(fingerprint):
-            self._build(fingerprint)
-        return self.path
-
-    def _build(self, fingerprint: str) -> None:
+    def _write(self, f: h5py.File) -> None:
         entries = self.layout.split(self.split)
-        try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise OSError(
-                f"cannot write the ModelNet40 cache in {self.cache_dir} ({err}); pass a writable cache_dir"
-            ) from err
-        with atomic_file(self.path) as tmp, h5py.File(tmp, "w") as f:
-            self._write(f, entries)
-            f.attrs["fingerprint"] = fingerprint
-            f.attrs["format_version"] = CACHE_FORMAT_VERSION
-            f.attrs["root"] = str(self.layout.root.resolve())
-            f.attrs["split"] = self.split
-
-    def _write(self, f: h5py.File, entries: TxtSplit) -> None:
         ids = entries.ids
         num_rows = np.zeros(len(ids), dtype=np.int64)
         points = None

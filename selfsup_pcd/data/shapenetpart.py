@@ -31,9 +31,9 @@ from tqdm import tqdm
 
 from selfsup_pcd.data.base import PointCloudDataModule
 from selfsup_pcd.data.errors import DataFormatError, DatasetLayoutError
+from selfsup_pcd.data.h5_cache import H5SplitCache
 from selfsup_pcd.data.modelnet40 import _LazyH5, default_cache_dir, normalize_unit_sphere
 from selfsup_pcd.data.transforms import RandomSubsample, ShufflePoints
-from selfsup_pcd.data.writers.atomic import atomic_file
 
 CACHE_FORMAT_VERSION = 1
 FORMATS = ("auto", "h5", "txt")
@@ -264,37 +264,12 @@ class TxtLayout:
 _CACHE_KEYS = {"points", "seg", "offsets", "category", "id"}
 
 
-class TxtCache:
+class TxtCache(H5SplitCache):
     """One split of the txt release parsed into HDF5: ``points`` (R, 6), ``seg`` (R,), ``offsets`` (S + 1,)."""
 
-    def __init__(self, layout: TxtLayout, split: str, cache_dir: Path) -> None:
-        self.layout, self.split = layout, split
-        root = layout.root.resolve()
-        tag = hashlib.sha256(str(root).encode()).hexdigest()[:12]
-        self.path = cache_dir / f"{root.name}-{tag}-{split}.h5"
-
-    def _is_current(self, fingerprint: str) -> bool:
-        try:
-            with h5py.File(self.path, "r") as f:
-                return f.attrs.get("fingerprint") == fingerprint and set(f) >= _CACHE_KEYS
-        except OSError:  # absent, truncated or not HDF5: rebuild
-            return False
-
-    def ensure(self) -> Path:
-        """Path of an up-to-date cache, building it first (atomically) when absent or stale."""
-        fingerprint = self.layout.fingerprint(self.split)
-        if not self._is_current(fingerprint):
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise OSError(f"cannot write the ShapeNetPart cache in {self.path.parent} ({err}); "
-                              "pass a writable cache_dir") from err
-            with atomic_file(self.path) as tmp, h5py.File(tmp, "w") as f:
-                self._write(f)
-                f.attrs["fingerprint"] = fingerprint
-                f.attrs["format_version"] = CACHE_FORMAT_VERSION
-                f.attrs["root"] = str(self.layout.root.resolve())
-        return self.path
+    dataset = "ShapeNetPart"
+    keys = frozenset(_CACHE_KEYS)
+    format_version = CACHE_FORMAT_VERSION
 
     def _write(self, f: h5py.File) -> None:
         entries = self.layout.split(self.split)
