@@ -136,6 +136,17 @@ class DetectionScene:
     vote_mask: np.ndarray  # (N,) bool
 
 
+def _checked_points(points: np.ndarray, path: Path, what: str) -> np.ndarray:
+    """A scene's (N, 6) x, y, z, r, g, b array, non-empty and finite; errors name the file (``what``: the key)."""
+    if points.ndim != 2 or points.shape[1] != 6:
+        raise DataFormatError(path, f"{what}has shape {points.shape}, expected (N, 6): x, y, z, r, g, b")
+    if len(points) == 0:
+        raise DataFormatError(path, "has no points")
+    if not np.isfinite(points).all():
+        raise DataFormatError(path, "has NaN or inf values")
+    return points
+
+
 def _load_array(path: Path, key: str | None = None) -> np.ndarray:
     """An .npy array, or ``key`` of an .npz; unreadable files and missing keys name the file."""
     try:
@@ -268,13 +279,7 @@ class ScanNetSource(SceneSource):
     def load(self, k: int) -> DetectionScene:
         name = self.names[k]
         vert_path = self.file(name, "vert")
-        vert = _load_array(vert_path)
-        if vert.ndim != 2 or vert.shape[1] != 6:
-            raise DataFormatError(vert_path, f"has shape {vert.shape}, expected (N, 6): x, y, z, r, g, b")
-        if len(vert) == 0:
-            raise DataFormatError(vert_path, "has no points")
-        if not np.isfinite(vert).all():
-            raise DataFormatError(vert_path, "has NaN or inf values")
+        vert = _checked_points(_load_array(vert_path), vert_path, "")
         labels = {}
         for suffix in ("sem_label", "ins_label"):
             path = self.file(name, suffix)
@@ -319,13 +324,7 @@ class SunRGBDSource(SceneSource):
     def load(self, k: int) -> DetectionScene:
         name = self.names[k]
         pc_path, votes_path = self.folder / f"{name}_pc.npz", self.folder / f"{name}_votes.npz"
-        pc = _load_array(pc_path, "pc")
-        if pc.ndim != 2 or pc.shape[1] != 6:
-            raise DataFormatError(pc_path, f"'pc' has shape {pc.shape}, expected (N, 6): x, y, z, r, g, b")
-        if len(pc) == 0:
-            raise DataFormatError(pc_path, "has no points")
-        if not np.isfinite(pc).all():
-            raise DataFormatError(pc_path, "has NaN or inf values")
+        pc = _checked_points(_load_array(pc_path, "pc"), pc_path, "'pc' ")
         votes = _load_array(votes_path, "point_votes")
         if votes.shape != (len(pc), 10):
             raise DataFormatError(votes_path, f"'point_votes' has shape {votes.shape}, expected ({len(pc)}, 10) "

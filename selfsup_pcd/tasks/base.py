@@ -3,13 +3,19 @@ resume, and optimiser/scheduler partials. Subclasses define ``_step`` and ``_log
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from torch import Tensor, nn
 
 from selfsup_pcd.checkpoints import CheckpointError
 from selfsup_pcd.transfer import TRANSFER_MODES, NetworkTransferReport, transfer_into
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+STAGES = ("train", "val", "test")
 
 
 def load_pretrained(network: nn.Module, pretrained: str, transfer_mode: str,
@@ -51,10 +57,15 @@ class SupervisedTask(pl.LightningModule):
         ``self.backbone`` when asked: the fine-tuning options every downstream task takes."""
         if transfer_mode not in TRANSFER_MODES:
             raise ValueError(f"transfer_mode must be one of {TRANSFER_MODES}, got {transfer_mode!r}")
-        self.transfer_report = (load_pretrained(target, pretrained, transfer_mode, allow_partial_load)
+        self.transfer_report = (self.load_encoder(target, pretrained, transfer_mode, allow_partial_load)
                                 if pretrained else None)
         if freeze_backbone:
             self.backbone.requires_grad_(False)
+
+    def load_encoder(self, target: nn.Module, pretrained: str, transfer_mode: str, allow_partial_load: bool) -> Any:
+        """How a checkpoint reaches the encoder: the layer transfer by default; a task whose backbone has its own
+        loading rules (detection's seed backbones) overrides this."""
+        return load_pretrained(target, pretrained, transfer_mode, allow_partial_load)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return self._step(batch, "train")

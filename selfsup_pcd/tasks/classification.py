@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-import torch
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from selfsup_pcd.checkpoints import load_backbone
 from selfsup_pcd.metrics import accuracy_from_confusion
-from selfsup_pcd.tasks.base import SupervisedTask
+from selfsup_pcd.tasks.base import OptimizerFactory, SchedulerFactory, SupervisedTask
 from selfsup_pcd.tasks.losses import orthogonality_penalty, smoothed_cross_entropy
-
-OptimizerFactory = Callable[..., torch.optim.Optimizer]
-SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
 class ClassificationTask(SupervisedTask):

@@ -26,7 +26,6 @@ trained with. ``num_heading_bins`` must match the datamodule's (ScanNet 1, SUN R
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -37,12 +36,8 @@ from selfsup_pcd.data.boxes import decode_boxes
 from selfsup_pcd.metrics.detection import DetectionMAP, select_detections
 from selfsup_pcd.models.backbones.pointnet2 import load_pretrained as load_seed_backbone
 from selfsup_pcd.models.detection.votenet import VoteNet
-from selfsup_pcd.tasks.base import SupervisedTask
+from selfsup_pcd.tasks.base import OptimizerFactory, SchedulerFactory, SupervisedTask
 from selfsup_pcd.tasks.votenet_loss import votenet_loss
-
-OptimizerFactory = Callable[..., torch.optim.Optimizer]
-SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
-STAGES = ("train", "val", "test")
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -125,14 +120,7 @@ class DetectionTask(SupervisedTask):
                                vote_radius, vote_nsample)
         # set from the datamodule at set-up unless a checkpoint brings them (state dict loads after setup)
         self.register_buffer("sizes_from_data", torch.tensor(False))
-        if pretrained and is_seed_backbone(backbone):
-            if transfer_mode != "remap":
-                raise ValueError(f"a seed backbone loads by name (transfer_mode=remap), got {transfer_mode!r}")
-            self.transfer_report = load_pretrained_seeds(backbone, pretrained, allow_partial_load)
-            if freeze_backbone:
-                self.backbone.requires_grad_(False)
-        else:
-            self.init_encoder(self.network, pretrained, transfer_mode, allow_partial_load, freeze_backbone)
+        self.init_encoder(self.network, pretrained, transfer_mode, allow_partial_load, freeze_backbone)
         self.optimizer_factory = optimizer if optimizer is not None else default_optimizer
         self.scheduler_factory = scheduler
         self.post = {"nms_iou": nms_iou, "conf_threshold": conf_threshold, "per_class_nms": per_class_nms,
@@ -145,6 +133,14 @@ class DetectionTask(SupervisedTask):
     @property
     def backbone(self) -> nn.Module:
         return self.network.backbone
+
+    def load_encoder(self, target: nn.Module, pretrained: str, transfer_mode: str, allow_partial_load: bool) -> Any:
+        """Seed backbones load by name with the height (no_height) rule; other backbones by layer transfer."""
+        if not is_seed_backbone(self.backbone):
+            return super().load_encoder(target, pretrained, transfer_mode, allow_partial_load)
+        if transfer_mode != "remap":
+            raise ValueError(f"a seed backbone loads by name (transfer_mode=remap), got {transfer_mode!r}")
+        return load_pretrained_seeds(self.backbone, pretrained, allow_partial_load)
 
     def setup(self, stage: str | None = None) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None

@@ -10,23 +10,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
 
-import torch
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from selfsup_pcd.metrics import accuracy_from_confusion
 from selfsup_pcd.metrics.segmentation import PartSegmentationIoU, restrict_to_category
 from selfsup_pcd.models.part_seg import PartSegNetwork
-from selfsup_pcd.tasks.base import SupervisedTask
+from selfsup_pcd.tasks.base import STAGES, OptimizerFactory, SchedulerFactory, SupervisedTask
 from selfsup_pcd.tasks.losses import orthogonality_penalty, smoothed_cross_entropy
 
 log = logging.getLogger(__name__)
 
-OptimizerFactory = Callable[..., torch.optim.Optimizer]
-SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
-STAGES = ("train", "val", "test")
 
 
 def _default_parts(num_categories: int) -> list[int]:

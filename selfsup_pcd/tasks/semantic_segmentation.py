@@ -39,15 +39,12 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from selfsup_pcd.data.voxelize import IGNORE_INDEX
 from selfsup_pcd.metrics.segmentation import RoomVotes, SemsegScores, semseg_scores
-from selfsup_pcd.tasks.base import SupervisedTask
+from selfsup_pcd.tasks.base import STAGES, OptimizerFactory, SchedulerFactory, SupervisedTask
 from selfsup_pcd.tasks.losses import orthogonality_penalty, smoothed_cross_entropy
 
 log = logging.getLogger(__name__)
 
-OptimizerFactory = Callable[..., torch.optim.Optimizer]
-SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 NetworkFactory = Callable[..., nn.Module]
-STAGES = ("train", "val", "test")
 POINT_LEVELS = ("room", "block")
 VOXEL_LEVELS = ("point", "voxel")
 CONFUSION_FILE = "test_confusion.json"
